@@ -1,0 +1,1 @@
+"""Datasets: the HDF5 schema, its readers and writers, the procedural dataset and renderers."""
