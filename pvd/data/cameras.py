@@ -103,8 +103,8 @@ def project(points: np.ndarray, intrinsics: np.ndarray, extrinsics: np.ndarray) 
 def r2n2_like_views(rng: np.random.Generator, num_views: int) -> np.ndarray:
     """(V, 3) random (azimuth deg, elevation deg, distance ratio) drawn like 3D-R2N2's views.
 
-    Ranges follow the released metadata files (azimuth uniform over the circle, elevation
-    25-30 degrees, distance ratio 0.65-0.95; the exact generator is not published).
+    Azimuth uniform over the circle, elevation 25-30 degrees, distance ratio 0.65-0.95: an
+    approximation of R2N2's views (unverified; its generator is not published).
     """
     azimuth = rng.uniform(0.0, 360.0, num_views)
     elevation = rng.uniform(25.0, 30.0, num_views)
