@@ -594,11 +594,12 @@ def _check_root(root: str | os.PathLike, expected: str, valid) -> Path:
     if valid(path):
         return path
     hint = _looks_like(path)
-    if hint is None:
+    if hint is not None:
+        hint = f"; it looks like {hint}"
+    else:
         inner = next((d for d in _subdirs(path) if valid(d)), None)
-        if inner is not None:
-            hint = f"its subfolder {inner.name!r} does: pass {inner}"
-    raise UserError(f"{path} does not look like {expected}" + (f"; it looks like {hint}" if hint else ""))
+        hint = f"; its subfolder {inner.name!r} does: pass {inner}" if inner is not None else ""
+    raise UserError(f"{path} does not look like {expected}{hint}")
 
 
 PC15K_LAYOUT = "ShapeNetCore.v2.PC15k: <root>/<synset>/{train,val,test}/<model_id>.npy"
