@@ -26,19 +26,15 @@ return results in order.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import hashlib
 import json
 import logging
 import math
-import multiprocessing
 import os
 import re
-import signal
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -47,6 +43,7 @@ from tqdm import tqdm
 
 from pvd.data.cameras import CameraSet, orbit_cameras, project, r2n2_cameras, r2n2_like_views
 from pvd.data.hdf5 import SPLITS, ShapeRecord, ShapeWriter, WriterLayout
+from pvd.data.pool import ordered_map
 from pvd.errors import UserError
 
 # --- categories -------------------------------------------------------------------------
@@ -883,36 +880,9 @@ def plan_folder(
 # --- running ------------------------------------------------------------------------------
 
 
-def _worker_init() -> None:
-    # The main process handles Ctrl-C and SIGTERM and then terminates the pool; a worker
-    # must die with the main process even if that is SIGKILLed (Linux: parent-death signal).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+def _quiet_trimesh() -> None:
+    # trimesh logs a warning for every missing material or texture of a real OBJ file
     logging.getLogger("trimesh").setLevel(logging.ERROR)
-
-
-@contextlib.contextmanager
-def _results(tasks: Sequence[Task], workers: int) -> Iterator[Iterator[Converted | Skip]]:
-    """Results of ``tasks`` in order, from a process pool; the pool is terminated on exit."""
-    if workers <= 1 or len(tasks) <= 1:
-        level = logging.getLogger("trimesh").level
-        logging.getLogger("trimesh").setLevel(logging.ERROR)
-        try:
-            yield (process_task(t) for t in tasks)
-        finally:
-            logging.getLogger("trimesh").setLevel(level)
-        return
-    methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("fork" if "fork" in methods else None)
-    pool = context.Pool(workers, initializer=_worker_init)
-    try:
-        yield pool.imap(process_task, tasks, chunksize=1)
-        pool.close()
-    finally:
-        pool.terminate()
-        pool.join()
 
 
 def write_records(
@@ -978,5 +948,5 @@ def run_plan(plan: Plan, out: str | os.PathLike, *, workers: int | None = None, 
     if not plan.tasks:
         reasons = f" ({len(plan.skipped)} skipped; first: {plan.skipped[0]})" if plan.skipped else ""
         raise UserError(f"nothing to convert{reasons}")
-    with _results(plan.tasks, workers) as results:
+    with ordered_map(process_task, plan.tasks, workers, initializer=_quiet_trimesh) as results:
         return write_records(out, plan.layout, results, strict=strict, total=len(plan.tasks), progress=progress, skipped=plan.skipped, notes=plan.notes)
