@@ -323,7 +323,7 @@ def test_lamp_frame(seed):
 def test_car_frame_and_proportions(seed):
     shape, samples = shape_and_samples("car", seed)
     ext = extents(shape)
-    assert 2.2 - 1e-6 <= ext[2] / ext[1] <= 2.6 + 1e-6  # length ~ 2.2-2.6 x height
+    assert 2.5 - 1e-6 <= ext[2] / ext[1] <= 3.3 + 1e-6  # length ~ 2.5-3.3 x height
     assert ext[2] > 2 * ext[0]
     wheels = samples_of(shape, samples, ["wheel"])
     cabin = samples_of(shape, samples, ["cabin"])
