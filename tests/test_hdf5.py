@@ -1,6 +1,4 @@
 """The HDF5 schema: writer round trip, atomic writes, normalisations and the Dataset's draws."""
-
-import h5py
 import numpy as np
 import pytest
 import torch

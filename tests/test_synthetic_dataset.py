@@ -11,6 +11,7 @@ import trimesh
 from pvd.data.cameras import R2N2_DISTANCE_SCALE, project, r2n2_cameras
 from pvd.data.hdf5 import DatasetConfig, ShapeDataset, open_dataset_file, read_mesh
 from pvd.data.synthetic import CATEGORIES, SyntheticConfig, make_record, write_synthetic_dataset
+from pvd.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = SyntheticConfig(per_category=2, views=4, resolution=64, seed=7)
@@ -139,3 +140,35 @@ def test_command_rejects_bad_options(tmp_path):
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "boat" in result.stderr and "Traceback" not in result.stderr
     assert not out.exists()
+
+
+def test_splits_cover_val_and_test():
+    from collections import Counter
+
+    from pvd.data.synthetic import _split_of
+
+    assert Counter(_split_of(i, 200, (0.8, 0.1, 0.1)) for i in range(200)) == {"train": 160, "val": 20, "test": 20}
+    assert Counter(_split_of(i, 3, (0.8, 0.1, 0.1)) for i in range(3)) == {"train": 1, "val": 1, "test": 1}
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGKILL"])
+def test_interrupted_generation_leaves_no_complete_file(tmp_path, signal_name):
+    import signal
+    import time
+
+    out = tmp_path / "synth.h5"
+    process = subprocess.Popen([sys.executable, str(ROOT / "datasets/synthetic.py"), "--out", str(out), "--per-category", "400"],
+                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    partial = out.with_name(out.name + ".partial")
+    deadline = time.monotonic() + 60
+    while not partial.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)  # some shapes written
+    process.send_signal(getattr(signal, signal_name))
+    process.wait(timeout=30)
+    assert process.returncode != 0 and not out.exists()
+    if signal_name == "SIGTERM":
+        assert not partial.exists() and "Traceback" not in process.stderr.read()
+    else:
+        with pytest.raises(UserError):
+            open_dataset_file(partial)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from pvd.data.cameras import CameraSet
-from pvd.errors import UserError
+from pvd.errors import UserError, raise_if_interrupted
 
 SCHEMA_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -133,6 +133,7 @@ class ShapeWriter:
 
     def append(self, record: ShapeRecord) -> None:
         """Add one shape; checks it against the layout and raises ValueError on a mismatch."""
+        raise_if_interrupted()
         lay, i = self.layout, self._count
         points = np.asarray(record.points, dtype=np.float32)
         if points.shape != (lay.num_points, 3):

@@ -922,9 +922,11 @@ class SyntheticConfig:
 
 
 def _split_of(index: int, count: int, fractions: tuple[float, float, float]) -> str:
-    train_end = round(count * fractions[0])
-    val_end = train_end + round(count * fractions[1])
-    return "train" if index < train_end else "val" if index < val_end else "test"
+    # Shapes are i.i.d., so contiguous blocks are a random split. From three shapes on, val and
+    # test get at least one each, so that small quick-start files still evaluate.
+    val, test = (max(1, round(count * f)) if count >= 3 else 0 for f in fractions[1:])
+    train_end = count - val - test
+    return "train" if index < train_end else "val" if index < train_end + val else "test"
 
 
 def _part_colors(shape: SyntheticShape, rng: np.random.Generator) -> np.ndarray:
