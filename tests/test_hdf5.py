@@ -1,4 +1,5 @@
 """The HDF5 schema: writer round trip, atomic writes, normalisations and the Dataset's draws."""
+
 import numpy as np
 import pytest
 import torch
