@@ -1,0 +1,89 @@
+"""Point <-> voxel conversion: average voxelisation and trilinear devoxelisation (PVCNN).
+
+Grids are indexed ``grid[b, c, x, y, z]`` as the reference CUDA kernels index them
+(flat index ``(x * r + y) * r + z``), so converted Conv3d kernels keep their orientation.
+Both ops work on rows of channels, (B * r^3, C): the grid they return is a channels-last
+view, which is the layout oneDNN's Conv3d prefers on CPU.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def normalize_coords(coords: Tensor, resolution: int, normalize: bool = True, eps: float = 0.0) -> Tensor:
+    """Continuous voxel coordinates in [0, r - 1], per shape, without gradient.
+
+    coords: (B, N, 3). With ``normalize`` the shape is centred and scaled so that its farthest
+    point from the centroid lands on the grid's inscribed sphere (scale- and translation-
+    invariant); otherwise coordinates are taken to lie in [-1, 1]. Returns (B, N, 3).
+    A shape whose points all coincide maps to the centre voxel (the reference divides 0 by 0).
+    """
+    c = coords.detach()
+    c = c - c.mean(dim=1, keepdim=True)
+    if normalize:
+        radius = c.norm(dim=2, keepdim=True).amax(dim=1, keepdim=True)
+        c = c / (2.0 * radius + eps).clamp_min(torch.finfo(c.dtype).tiny) + 0.5
+    else:
+        c = (c + 1.0) / 2.0
+    return (c * resolution).clamp(0, resolution - 1)
+
+
+def _flat_index(cells: Tensor, resolution: int) -> Tensor:
+    """(B, N, 3) integer cells -> (B, N) row indices into a (B * r^3, C) grid."""
+    b = cells.shape[0]
+    r = resolution
+    flat = (cells[..., 0] * r + cells[..., 1]) * r + cells[..., 2]
+    return flat + torch.arange(b, device=cells.device).view(b, 1) * r**3
+
+
+def voxelize(features: Tensor, coords: Tensor, resolution: int, normalize: bool = True,
+             eps: float = 0.0) -> tuple[Tensor, Tensor]:
+    """Average the features of the points falling into each voxel (empty voxels are 0).
+
+    features: (B, C, N); coords: (B, N, 3) (detached: no gradient reaches them).
+    Returns grid (B, C, r, r, r) (a channels-last view) and the normalised continuous
+    coordinates (B, N, 3) that :func:`devoxelize` takes.
+    """
+    b, c, n = features.shape
+    r = resolution
+    norm_coords = normalize_coords(coords, r, normalize, eps)
+    rows = _flat_index(torch.round(norm_coords).long(), r).view(-1)
+    counts = torch.bincount(rows, minlength=b * r**3).to(features.dtype)
+    # Scale each point by 1/count before summing (as the reference does): the backward is
+    # then a plain row gather.
+    weights = (1.0 / counts).index_select(0, rows).view(b * n, 1)
+    src = features.transpose(1, 2).reshape(b * n, c) * weights
+    grid = features.new_zeros(b * r**3, c).index_add(0, rows, src)
+    return grid.view(b, r, r, r, c).permute(0, 4, 1, 2, 3), norm_coords
+
+
+def devoxelize(grid: Tensor, norm_coords: Tensor, resolution: int) -> Tensor:
+    """Trilinear interpolation of a grid at continuous voxel coordinates.
+
+    grid: (B, C, r, r, r); norm_coords: (B, N, 3) in [0, r - 1] (from :func:`voxelize`).
+    Returns (B, C, N) (a view of a (B, N, C) tensor). Gradients reach ``grid`` only.
+    """
+    b, c = grid.shape[:2]
+    n = norm_coords.shape[1]
+    r = resolution
+    if tuple(grid.shape[2:]) != (r, r, r):
+        raise ValueError(f"grid {tuple(grid.shape)} does not have resolution {r}")
+    with torch.no_grad():
+        x = norm_coords.detach()
+        lo = x.floor()
+        frac = (x - lo).unsqueeze(2)  # (B, N, 1, 3)
+        corner = _CORNERS.to(x.device)  # (8, 3) of 0/1
+        # At x = r - 1 the upper corner is clamped onto the lower one; its weight is 0.
+        cells = (lo.long().unsqueeze(2) + corner).clamp_(max=r - 1)  # (B, N, 8, 3)
+        weights = torch.where(corner.bool(), frac, 1 - frac).prod(dim=3)  # (B, N, 8)
+        rows = _flat_index(cells.view(b, n * 8, 3), r).view(b * n, 8)
+    table = grid.permute(0, 2, 3, 4, 1).reshape(b * r**3, c)  # free for a channels-last grid
+    # embedding_bag is a fused weighted gather-sum with a fast backward (scatter) on CPU.
+    out = F.embedding_bag(rows, table, per_sample_weights=weights.view(b * n, 8).to(grid.dtype), mode="sum")
+    return out.view(b, n, c).transpose(1, 2)
+
+
+_CORNERS = torch.tensor([[i >> 2 & 1, i >> 1 & 1, i & 1] for i in range(8)])
