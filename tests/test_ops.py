@@ -363,12 +363,16 @@ def test_three_nn_ties_go_to_lower_index_and_weights_ignore_coordinates():
 # ---- batching, dtypes, devices, backends ----
 
 
-def test_ops_accept_float32_and_channel_last_views():
-    p = torch.randn(2, 50, 3)
+def test_ops_accept_float32_and_strided_views():
+    p = torch.randn(2, 3, 50).transpose(1, 2)  # (B, N, 3) view of (B, 3, N) storage
     f = torch.randn(2, 50, 6).transpose(1, 2)  # (B, C, N) view of (B, N, C) storage
     grid, nc = voxelize(f, p, 4)
-    torch.testing.assert_close(grid, voxelize(f.contiguous(), p, 4)[0])
+    torch.testing.assert_close(grid, voxelize(f.contiguous(), p.contiguous(), 4)[0])
     assert devoxelize(grid, nc, 4).dtype == torch.float32
+    torch.testing.assert_close(devoxelize(grid, nc.transpose(1, 2).contiguous().transpose(1, 2), 4),
+                               devoxelize(grid.contiguous(), nc, 4))
+    torch.testing.assert_close(three_nn_interpolate(p, p[:, :7], f[:, :, :7]),
+                               three_nn_interpolate(p.contiguous(), p[:, :7].contiguous(), f[:, :, :7].contiguous()))
     idx = ball_query(p[:, :5], p, 0.5, 4)
     torch.testing.assert_close(group(f, idx), group(f.contiguous(), idx))
 

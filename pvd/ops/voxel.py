@@ -50,7 +50,7 @@ def voxelize(features: Tensor, coords: Tensor, resolution: int, normalize: bool 
     b, c, n = features.shape
     r = resolution
     norm_coords = normalize_coords(coords, r, normalize, eps)
-    rows = _flat_index(torch.round(norm_coords).long(), r).view(-1)
+    rows = _flat_index(torch.round(norm_coords).long(), r).reshape(-1)
     counts = torch.bincount(rows, minlength=b * r**3).to(features.dtype)
     # Scale each point by 1/count before summing (as the reference does): the backward is
     # then a plain row gather.
@@ -79,7 +79,7 @@ def devoxelize(grid: Tensor, norm_coords: Tensor, resolution: int) -> Tensor:
         # At x = r - 1 the upper corner is clamped onto the lower one; its weight is 0.
         cells = (lo.long().unsqueeze(2) + corner).clamp_(max=r - 1)  # (B, N, 8, 3)
         weights = torch.where(corner.bool(), frac, 1 - frac).prod(dim=3)  # (B, N, 8)
-        rows = _flat_index(cells.view(b, n * 8, 3), r).view(b * n, 8)
+        rows = _flat_index(cells.reshape(b, n * 8, 3), r).view(b * n, 8)
     table = grid.permute(0, 2, 3, 4, 1).reshape(b * r**3, c)  # free for a channels-last grid
     # embedding_bag is a fused weighted gather-sum with a fast backward (scatter) on CPU.
     out = F.embedding_bag(rows, table, per_sample_weights=weights.view(b * n, 8).to(grid.dtype), mode="sum")

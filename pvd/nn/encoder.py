@@ -1,0 +1,60 @@
+"""A small residual CNN image encoder, trained from scratch with the denoiser."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Stages of residual blocks; each stage after the first halves the resolution."""
+
+    widths: tuple[int, ...] = (32, 64, 128, 256)
+    blocks: int = 2  # residual blocks per stage
+    dim: int = 256  # width of the global vector and of each token
+
+
+class _ResBlock(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(min(8, channels), channels)
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.norm2 = nn.GroupNorm(min(8, channels), channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        return x + self.conv2(F.silu(self.norm2(h)))
+
+
+class ImageEncoder(nn.Module):
+    """RGBA image -> (global vector, grid of tokens).
+
+    64x64 inputs with the default four stages give 8x8 = 64 tokens.
+    """
+
+    def __init__(self, config: EncoderConfig = EncoderConfig()):
+        super().__init__()
+        self.config = config
+        w = config.widths
+        self.stem = nn.Conv2d(4, w[0], 3, padding=1)
+        layers: list[nn.Module] = []
+        for i, width in enumerate(w):
+            if i > 0:
+                layers.append(nn.Conv2d(w[i - 1], width, 3, stride=2, padding=1))
+            layers.extend(_ResBlock(width) for _ in range(config.blocks))
+        self.stages = nn.Sequential(*layers)
+        self.norm = nn.GroupNorm(min(8, w[-1]), w[-1])
+        self.tokens = nn.Linear(w[-1], config.dim)
+        self.vector = nn.Sequential(nn.Linear(w[-1], config.dim), nn.SiLU(), nn.Linear(config.dim, config.dim))
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """images: (B, 4, H, W) uint8 RGBA (or float in [0, 1]). Returns the vector (B, dim) and
+        tokens (B, H' * W', dim)."""
+        x = images.float() / 255.0 if not images.is_floating_point() else images
+        h = F.silu(self.norm(self.stages(self.stem(x * 2 - 1))))
+        grid = h.flatten(2).transpose(1, 2)  # (B, T, C)
+        return self.vector(grid.mean(dim=1)), self.tokens(grid)
