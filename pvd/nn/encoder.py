@@ -54,7 +54,8 @@ class ImageEncoder(nn.Module):
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """images: (B, 4, H, W) uint8 RGBA (or float in [0, 1]). Returns the vector (B, dim) and
         tokens (B, H' * W', dim)."""
-        x = images.float() / 255.0 if not images.is_floating_point() else images
+        dtype = self.stem.weight.dtype
+        x = images.to(dtype) / 255.0 if not images.is_floating_point() else images.to(dtype)
         h = F.silu(self.norm(self.stages(self.stem(x * 2 - 1))))
         grid = h.flatten(2).transpose(1, 2)  # (B, T, C)
         return self.vector(grid.mean(dim=1)), self.tokens(grid)
