@@ -298,6 +298,18 @@ def test_guidance_extrapolates_between_null_and_conditional(sampler, scale):
     torch.testing.assert_close(out, A * x_T + B, rtol=1e-6, atol=1e-6)
     assert model.calls == 2 * steps  # one cond and one null call per step
 
+    @dataclasses.dataclass
+    class Batchable(Cond):
+        @staticmethod
+        def cat(conds):
+            return Batchable(drop=torch.cat([c.drop for c in conds]))
+
+    model = GaussianDataModel(BETAS, mu=mu_cond, mu_null=mu_null)
+    batched = fn(GaussianDiffusion(BETAS), model, (2, 30, 3), Batchable(drop=torch.zeros(2, dtype=torch.bool)),
+                 generator=torch.Generator(), x_T=x_T, dtype=torch.float64, steps=steps, guidance_scale=scale)
+    torch.testing.assert_close(batched, out, rtol=1e-12, atol=1e-12)
+    assert model.calls == steps  # cond and null in one call on the doubled batch
+
 
 @pytest.mark.parametrize("name", list(ALL))
 def test_fixed_points_come_back_unchanged_and_are_seen(name):

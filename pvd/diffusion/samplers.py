@@ -11,10 +11,11 @@ Every sampler has the signature
   DPM-Solver++ and Heun solvers (see ``GaussianDiffusion.alpha_sigma``).
 - ``cond`` goes to the model untouched; guidance asks it for ``cond.null()`` and nothing else.
 - ``guidance_scale`` s: classifier-free guidance (Ho & Salimans 2022),
-  out = out_null + s (out_cond - out_null), with two model calls per step (the condition type
-  is the model's business, so it is never concatenated here). Guiding the raw output equals
-  guiding eps for every mean type: eps, v and x0 are affine in one another at fixed (x_t, t).
-  s = 1 makes one call and is exactly conditional sampling; s = 0 is unconditional.
+  out = out_null + s (out_cond - out_null): one model call on the doubled batch when the
+  condition's type has ``cat([cond, cond.null()])`` (``pvd.nn.condition.Condition`` does),
+  else two calls. Guiding the raw output equals guiding eps for every mean type: eps, v and x0
+  are affine in one another at fixed (x_t, t). s = 1 makes one plain call and is exactly
+  conditional sampling; s = 0 is unconditional.
 - ``fixed``: (B, K, 3) clean points (shape completion, PVD): the model sees them as the first
   K points of every step's input, only the other N - K are sampled, and the result starts
   with ``fixed`` unchanged.
@@ -56,11 +57,17 @@ def _model_output(model: Model, x: torch.Tensor, t: float, cond: Any, guidance_s
     """The (guided) model output for the free points x (B, N - K, 3) at timestep t."""
     x_in = x if fixed is None else torch.cat([fixed.to(x.dtype), x], dim=1)
     tt = torch.full((x.shape[0],), t, dtype=_time_dtype(x), device=x.device)
-    out = model(x_in, tt, cond)
-    if guidance_scale != 1.0:
+    if guidance_scale == 1.0:
+        out = model(x_in, tt, cond)
+    else:
         if not hasattr(cond, "null"):
             raise ValueError("classifier-free guidance needs a condition with a null() method")
-        out_null = model(x_in, tt, cond.null())
+        cat = getattr(type(cond), "cat", None)
+        if cat is not None:  # one call on the doubled batch
+            both = model(torch.cat([x_in, x_in]), torch.cat([tt, tt]), cat([cond, cond.null()]))
+            out, out_null = both.chunk(2)
+        else:
+            out, out_null = model(x_in, tt, cond), model(x_in, tt, cond.null())
         out = out_null + guidance_scale * (out - out_null)
     return out if fixed is None else out[:, fixed.shape[1]:]
 
