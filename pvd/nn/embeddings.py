@@ -60,6 +60,11 @@ class ConditionConfig:
             raise ValueError("condition sizes must be non-negative")
 
 
+# Augmentation levels usually lie in [0, 1]; scaled like timesteps (0..T-1) they use the whole
+# range of the sinusoidal frequencies.
+LEVEL_SCALE = 1000.0
+
+
 class ConditionEmbedding(nn.Module):
     """Turns (t, Condition) into the vector E for adaptive GroupNorm and the context tokens.
 
@@ -102,7 +107,7 @@ class ConditionEmbedding(nn.Module):
             emb = emb + self.category(label)
         if cfg.cascade:
             level = _required(cond.coarse_level, "coarse_level")
-            emb = emb + self.level(level)
+            emb = emb + self.level(LEVEL_SCALE * level)
         context = None
         if cfg.token_dim:
             null = self.null_token.expand(b, 1, -1)

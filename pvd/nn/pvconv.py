@@ -206,7 +206,7 @@ class SetAbstraction(nn.Module):
         table = torch.cat([coords, features.transpose(1, 2)], dim=2)  # (B, N, 3 + C): one gather for both
         grouped = ops.group(table.transpose(1, 2), neighbors)  # (B, 3 + C, M, K)
         grouped[:, :3] -= centers.transpose(1, 2).unsqueeze(-1)  # neighbour offsets from their centre
-        return self.mlp(grouped, emb).amax(dim=-1), centers
+        return self.mlp(grouped, emb).max(dim=-1).values, centers  # (max, not amax: its backward is a scatter)
 
 
 class FeaturePropagation(nn.Module):

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pvd.ops import backends
+from pvd.ops.rows import weighted_rows
 
 
 def square_distance(a: Tensor, b: Tensor) -> Tensor:
@@ -15,10 +16,13 @@ def square_distance(a: Tensor, b: Tensor) -> Tensor:
     Summed per coordinate as dx*dx + dy*dy + dz*dz (like the reference kernels) rather than
     through a matrix product, whose cancellation would move points across a ball's boundary.
     """
-    d = (a[:, :, None, 0] - b[:, None, :, 0]).square_()
-    d += (a[:, :, None, 1] - b[:, None, :, 1]).square_()
-    d += (a[:, :, None, 2] - b[:, None, :, 2]).square_()
-    return d
+    a = a.detach().transpose(1, 2).contiguous()  # coordinate planes: contiguous broadcasts
+    b = b.detach().transpose(1, 2).contiguous()
+    d = torch.sub(a[:, 0, :, None], b[:, 0, None, :]).square_()
+    t = torch.sub(a[:, 1, :, None], b[:, 1, None, :])
+    d.addcmul_(t, t)
+    torch.sub(a[:, 2, :, None], b[:, 2, None, :], out=t)
+    return d.addcmul_(t, t)
 
 
 def ball_query(centers: Tensor, points: Tensor, radius: float, k: int) -> Tensor:
@@ -109,5 +113,5 @@ def three_nn_interpolate(points: Tensor, centers: Tensor, center_features: Tenso
         w = (w / w.sum(dim=2, keepdim=True)).to(center_features.dtype).view(b * n, 3)
         rows = (idx + torch.arange(b, device=idx.device).view(b, 1, 1) * m).view(b * n, 3)
     table = center_features.transpose(1, 2).reshape(b * m, c)
-    out = F.embedding_bag(rows, table, per_sample_weights=w, mode="sum")
+    out = weighted_rows(table, rows, w)
     return out.view(b, n, c).transpose(1, 2)

@@ -9,8 +9,9 @@ view, which is the layout oneDNN's Conv3d prefers on CPU.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+
+from pvd.ops.rows import weighted_rows
 
 
 def normalize_coords(coords: Tensor, resolution: int, normalize: bool = True, eps: float = 0.0) -> Tensor:
@@ -56,7 +57,8 @@ def voxelize(features: Tensor, coords: Tensor, resolution: int, normalize: bool 
     # then a plain row gather.
     weights = (1.0 / counts).index_select(0, rows).view(b * n, 1)
     src = features.transpose(1, 2).reshape(b * n, c) * weights
-    grid = features.new_zeros(b * r**3, c).index_add(0, rows, src)
+    # index_put_ with accumulate is several times faster than index_add on CPU.
+    grid = features.new_zeros(b * r**3, c).index_put_((rows,), src, accumulate=True)
     return grid.view(b, r, r, r, c).permute(0, 4, 1, 2, 3), norm_coords
 
 
@@ -81,8 +83,7 @@ def devoxelize(grid: Tensor, norm_coords: Tensor, resolution: int) -> Tensor:
         weights = torch.where(corner.bool(), frac, 1 - frac).prod(dim=3)  # (B, N, 8)
         rows = _flat_index(cells.reshape(b, n * 8, 3), r).view(b * n, 8)
     table = grid.permute(0, 2, 3, 4, 1).reshape(b * r**3, c)  # free for a channels-last grid
-    # embedding_bag is a fused weighted gather-sum with a fast backward (scatter) on CPU.
-    out = F.embedding_bag(rows, table, per_sample_weights=weights.view(b * n, 8).to(grid.dtype), mode="sum")
+    out = weighted_rows(table, rows, weights.view(b * n, 8))
     return out.view(b, n, c).transpose(1, 2)
 
 
