@@ -1,7 +1,6 @@
 """pvd.metrics: Chamfer, EMD, F-score and the distribution metrics against naive references."""
 
 import itertools
-import math
 
 import numpy as np
 import pytest

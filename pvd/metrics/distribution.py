@@ -189,8 +189,7 @@ def distribution_metrics(samples: Any, references: Any, *, metrics: Sequence[str
                                      tolerance=tolerance, workers=workers, progress=progress)
         computed[metric] = mats
         for key, value in mmd_cov(mats["rs"]).items():
-            name = "MMD-smp" if key == "MMD-smp" else key
-            result[f"{name}-{metric}"] = value
+            result[f"{key}-{metric}"] = value
         nna = one_nn_accuracy(mats["rr"], mats["rs"], mats["ss"])
         result[f"1-NNA-{metric}"] = nna["1-NNA"]
         result[f"1-NNA-{metric}-references"] = nna["1-NNA-references"]
