@@ -269,6 +269,12 @@ def test_fps_m_equal_n_is_a_permutation_and_duplicates_pick_index_0():
     assert set(idx[0, :3].tolist()) | {0} == set(idx[0, :3].tolist()) and idx[0, 3:].tolist() == [0, 0, 0]
 
 
+def test_fps_restores_the_thread_count():
+    threads = torch.get_num_threads()
+    furthest_point_sample_torch(cloud(2, 30, seed=0), 10)
+    assert torch.get_num_threads() == threads
+
+
 def test_fps_rejects_bad_m():
     with pytest.raises(ValueError):
         furthest_point_sample(torch.zeros(1, 4, 3), 5)
