@@ -176,6 +176,7 @@ def test_pairwise_emd_against_loops_and_processes(monkeypatch):
     np.testing.assert_allclose(metrics.pairwise_emd(x).numpy(), square, rtol=1e-12, atol=1e-15)
     monkeypatch.setattr(matching, "_MIN_POINTS_FOR_PROCESSES", 1)
     np.testing.assert_allclose(metrics.pairwise_emd(x, y, workers=2).numpy(), want, rtol=1e-12)
+    np.testing.assert_allclose(metrics.emd(x[:3], y, exact=True, workers=2).numpy(), np.diag(want[:3]), rtol=1e-12)
     auction = metrics.pairwise_emd(x, y, method="auction", exact=False).numpy()
     assert np.all(auction >= want - 1e-6) and np.all(auction <= want * (1 + matching.DEFAULT_TOLERANCE) + 1e-6)
 

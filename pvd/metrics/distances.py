@@ -189,7 +189,7 @@ def _pairs_task(task: tuple[int, list[int]]) -> tuple[int, list[int], np.ndarray
         f, b = _chamfer_one_to_many(left, right[block], euclidean, rows)
         forward.append(f)
         backward.append(b)
-    return i, js, torch.cat(forward).double().numpy(), torch.cat(backward).double().numpy()
+    return i, js, torch.cat(forward).double().cpu().numpy(), torch.cat(backward).double().cpu().numpy()
 
 
 def pairwise_chamfer(x: Any, y: Any | None = None, convention: str = "squared", workers: int | None = None,

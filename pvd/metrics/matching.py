@@ -14,10 +14,14 @@ Methods:
   the final epsilon, so its mean match distance exceeds the optimum by at most epsilon; epsilon
   is set to ``tolerance`` times a lower bound of the EMD (the larger one-sided mean
   nearest-neighbour distance), which bounds the relative error by ``tolerance`` for every pair.
-  Measured errors are about 30x smaller than the bound (``tests/benchmarks/metrics_speed.py``).
+  Measured on 20 pairs of 2048-point clouds of the built-in data: mean relative error 0.035%
+  (max 0.068%) at the default tolerance 1%, 0.26% (max 0.38%) at 5%
+  (``tests/benchmarks/metrics_speed.py``).
 
-On the CPU the exact assignment spread over the cores was faster than the auction at
-matching accuracy, so ``emd(exact=False)`` uses the auction only for CUDA tensors.
+On the CPU the auction was no faster than the exact assignment at that accuracy (one core of
+a shared 2-vCPU Xeon: exact 1.16 s per pair, auction 1.43 s at tolerance 1% and 1.24 s at
+5%), so ``emd(exact=False)`` uses the exact assignment, spread over the cores, on the CPU and
+the auction for CUDA tensors.
 """
 
 from __future__ import annotations
