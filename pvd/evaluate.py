@@ -1,7 +1,9 @@
-"""Evaluate generated point clouds against a dataset split: MMD, COV, 1-NNA (CD, EMD), P-FID.
+r"""Evaluate generated point clouds against a dataset split: MMD, COV, 1-NNA (CD, EMD), P-FID.
 
     python -m pvd.evaluate SAMPLES --data data/synth.h5 --categories chair --protocol pointflow
-    python -m pvd.evaluate SAMPLES --data data/synth.h5 --split test --normalization unit-sphere --metrics cd pfid
+    python -m pvd.pfid train --data data/synth.h5      # the P-FID classifier, once per dataset
+    python -m pvd.evaluate SAMPLES --data data/synth.h5 --split test --normalization unit-sphere \
+        --metrics cd --classifier data/synth.pfid
 
 SAMPLES is one array (S, N, 3) in a .npy, .npz or .h5 file, or a folder of per-shape .npy /
 .ply files (taken in sorted name order). The references are the chosen split and categories

@@ -266,7 +266,7 @@ def test_1nna_separated_and_same_distribution():
     far = ellipsoids(100, 48, 3, centre=(10.0, 0.0, 0.0))
     separated = metrics.distribution_metrics(far[:30], refs[:30])
     assert separated["1-NNA-CD"] == 1.0 and separated["1-NNA-EMD"] == 1.0
-    assert separated["COV-CD"] <= 1 / 30 + 1e-12 or separated["COV-CD"] < 0.5
+    assert separated["COV-CD"] < 0.5  # far samples all pick the few references nearest to them
     result = metrics.distribution_metrics(same, refs)
     assert 0.4 <= result["1-NNA-CD"] <= 0.6
     assert 0.4 <= result["1-NNA-EMD"] <= 0.6

@@ -108,28 +108,28 @@ def chamfer_distance(a: Any, b: Any, convention: str = "squared") -> torch.Tenso
     return _combine(a_to_b, b_to_a, convention)
 
 
-def precision_recall(samples: Any, references: Any, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(precision (B,), recall (B,)) at distance ``threshold`` (see :func:`f_score`)."""
+def precision_recall(a: Any, b: Any, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(precision (B,), recall (B,)) of a (the prediction) against b (the reference); see :func:`f_score`."""
     if not threshold > 0:
         raise ValueError(f"threshold must be positive, got {threshold}")
-    samples, references = as_pair(samples, references)
+    a, b = as_pair(a, b)
     with torch.no_grad():
-        s_to_r, _ = nearest_neighbors(samples, references)
-        r_to_s, _ = nearest_neighbors(references, samples)
-        precision = (s_to_r.sqrt() < threshold).to(samples.dtype).mean(-1)
-        recall = (r_to_s.sqrt() < threshold).to(samples.dtype).mean(-1)
+        a_to_b, _ = nearest_neighbors(a, b)
+        b_to_a, _ = nearest_neighbors(b, a)
+        precision = (a_to_b.sqrt() < threshold).to(a.dtype).mean(-1)
+        recall = (b_to_a.sqrt() < threshold).to(a.dtype).mean(-1)
     return precision, recall
 
 
-def f_score(samples: Any, references: Any, threshold: float) -> torch.Tensor:
-    """F-score at distance ``threshold`` between samples (B, N, 3) and references (B, M, 3) -> (B,).
+def f_score(a: Any, b: Any, threshold: float) -> torch.Tensor:
+    """F-score at distance ``threshold`` of a (B, N, 3), the prediction, against b (B, M, 3) -> (B,).
 
-    F = 2PR / (P + R) (0 when P + R = 0), where the precision P is the fraction of sample points
-    whose nearest reference point is closer than ``threshold`` (Euclidean, strictly less) and the
-    recall R the fraction of reference points closer than ``threshold`` to the sample (Tatarchenko
-    et al. 2019). ``threshold`` is in the clouds' units (1% of the side of the unit cube is common).
+    F = 2PR / (P + R) (0 when P + R = 0), where the precision P is the fraction of points of a
+    whose nearest point of b is closer than ``threshold`` (Euclidean, strictly less) and the
+    recall R the fraction of points of b closer than ``threshold`` to a (Tatarchenko et al.
+    2019). ``threshold`` is in the clouds' units (1% of the side of the unit cube is common).
     """
-    precision, recall = precision_recall(samples, references, threshold)
+    precision, recall = precision_recall(a, b, threshold)
     total = precision + recall
     return torch.where(total > 0, 2 * precision * recall / total.clamp_min(1e-30), torch.zeros_like(total))
 
