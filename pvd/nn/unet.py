@@ -147,7 +147,7 @@ class PVDUNet(nn.Module):
         cc = self.config.condition
         if cc is None and cond is not None and cond.batch_size:
             raise ValueError("this network is unconditional: call it with cond=None")
-        t = t.to(x_t.dtype) if t.is_floating_point() else t.float()
+        t = t.to(x_t.dtype)
         emb, context = self.embed(t, cond) if self.embed is not None else (None, None)
         temb = self.time(t) if self.time is not None else None
 
@@ -171,15 +171,14 @@ class PVDUNet(nn.Module):
             features, coords = level(features, coords, emb)
         if self.global_attention is not None:
             features = self.global_attention(features)
-        cross = iter(self.cross)
-        if context is not None and len(self.cross):
-            features = next(cross)(features, context)
+        cross = iter(self.cross)  # at the bottleneck, then after the first up levels
+        if (attn := next(cross, None)) is not None:
+            features = attn(features, context)
         for i, level in enumerate(self.up):
             skip, skip_coords = skips[-1 - i]
             features = level(skip_coords, coords, _with_time(features, temb), skip, emb)
             coords = skip_coords
-            attn = next(cross, None)
-            if attn is not None and context is not None:
+            if (attn := next(cross, None)) is not None:
                 features = attn(features, context)
         h = self.head_dropout(self.head(features, emb))
         out = self.head_out(h.movedim(1, -1))  # (B, N_total, 3)
