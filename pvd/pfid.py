@@ -134,6 +134,10 @@ def kernel_distance(features_a: Any, features_b: Any, num_subsets: int = 100, su
                     seed: int = 0) -> float:
     """Kernel inception distance: unbiased MMD^2 with k(x, y) = (x.y / d + 1)^3 (Binkowski et al. 2018).
 
+    Unbiased, so it is negative about half the time when the two sets come from one distribution,
+    and noisy on small sets (20 vs 20 chairs of the built-in data: -0.39, bootstrap spread 0.9);
+    compare values computed on sets of the same sizes.
+
     With at most ``subset_size`` features per side the estimate uses all of them; otherwise it
     is the mean over ``num_subsets`` random subsets of that size (seeded).
     """
