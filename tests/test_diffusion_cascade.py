@@ -24,13 +24,7 @@ from pvd.diffusion.samplers import ddim_sample, ddpm_sample
 from pvd.errors import UserError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Many tiny steps: on busy shared cores a second intra-op thread only adds waits."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @dataclasses.dataclass

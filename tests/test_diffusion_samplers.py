@@ -22,13 +22,7 @@ T = 1000
 BETAS = np.linspace(1e-4, 0.02, T)  # PVD's linear schedule, written out here
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Thousands of small steps: on busy shared cores a second intra-op thread only adds waits."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @dataclasses.dataclass
