@@ -219,7 +219,7 @@ def _trilinear(g: torch.Tensor, resolution: int) -> tuple[torch.Tensor, torch.Te
     return torch.stack(idx, 1), torch.stack(wts, 1)
 
 
-def poisson_indicator(points: torch.Tensor, normals: torch.Tensor, resolution: int = 128, sigma: float = 2.0,
+def poisson_indicator(points: torch.Tensor, normals: torch.Tensor, resolution: int = 128, sigma: float = 1.0,
                       padding: float = 0.1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """SAP's spectral Poisson solve: (chi (R, R, R), iso-level (), box centre (3,), box size ()).
 
@@ -294,7 +294,7 @@ def trim_mesh(mesh: trimesh.Trimesh, points: np.ndarray, distance: float) -> tri
     return mesh
 
 
-def mesh_from_points(points, normals=None, *, resolution: int = 128, sigma: float = 2.0, padding: float = 0.1,
+def mesh_from_points(points, normals=None, *, resolution: int = 128, sigma: float = 1.0, padding: float = 0.1,
                      k: int = 16, method: str = "spectral", min_component: float = 0.01, trim: float | None = None,
                      open3d_depth: int = 8) -> trimesh.Trimesh:
     """A mesh of the surface sampled by points (N, 3) (numpy or torch), with optional normals (N, 3).

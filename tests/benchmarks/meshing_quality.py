@@ -25,7 +25,8 @@ from pvd.metrics import f_score
 
 def surface_truth(vertices: np.ndarray, faces: np.ndarray, count: int, seed: int) -> np.ndarray:
     """count points on the outer surface of a union of closed convex parts."""
-    mesh = trimesh.Trimesh(vertices, faces, process=True)
+    # Split before any vertex merging: parts that touch must stay separate convex pieces.
+    mesh = trimesh.Trimesh(vertices, faces, process=False)
     parts = mesh.split(only_watertight=False)
     points, _ = trimesh.sample.sample_surface(mesh, int(count * 1.5), seed=seed)
     hidden = np.zeros(len(points), bool)
