@@ -23,23 +23,10 @@ from pvd.diffusion import (
 from pvd.diffusion.samplers import ddim_sample, ddpm_sample
 from pvd.errors import UserError
 
+from condition_stub import Cond  # tests/condition_stub.py: the condition contract, minimal
+
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
-
-
-@dataclasses.dataclass
-class Cond:
-    """The condition contract's fields, minimal."""
-
-    image: torch.Tensor | None = None
-    tokens: torch.Tensor | None = None
-    category: torch.Tensor | None = None
-    coarse: torch.Tensor | None = None
-    coarse_level: torch.Tensor | None = None
-    drop: torch.Tensor | None = None
-
-    def null(self):
-        return dataclasses.replace(self, drop=torch.ones_like(self.drop))
 
 
 # ------------------------------------------------------------------------------------------

@@ -17,27 +17,14 @@ import torch
 from pvd.diffusion import GaussianDiffusion, make_betas
 from pvd.diffusion.samplers import SAMPLERS, ddim_sample, ddpm_sample, dpm_solver_pp_sample, heun_sample
 
+from condition_stub import Cond  # tests/condition_stub.py: the condition contract, minimal
+
 MU, S = 0.7, 0.3  # data mean and deviation (the issue's acceptance values)
 T = 1000
 BETAS = np.linspace(1e-4, 0.02, T)  # PVD's linear schedule, written out here
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
-
-
-@dataclasses.dataclass
-class Cond:
-    """The condition contract's fields, minimal: the analytic model reads only ``drop``."""
-
-    image: torch.Tensor | None = None
-    tokens: torch.Tensor | None = None
-    category: torch.Tensor | None = None
-    coarse: torch.Tensor | None = None
-    coarse_level: torch.Tensor | None = None
-    drop: torch.Tensor | None = None
-
-    def null(self):
-        return dataclasses.replace(self, drop=torch.ones_like(self.drop))
 
 
 def cond_for(batch):

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pvd.nn import Condition, ConditionConfig, EncoderConfig, ImageEncoder, PVDUNet, UNetConfig, preset
+from pvd.nn import Condition, ConditionConfig, EncoderConfig, ImageEncoder, PVDUNet, preset
 from pvd.nn.embeddings import timestep_embedding
 from pvd.nn.pvconv import AdaGroupNorm, CrossAttention, PVConv, SelfAttention, SharedMLP, SqueezeExcitation
 

@@ -13,7 +13,7 @@ coarse cloud as extra input points (flagged by an extra input channel).
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn

@@ -41,7 +41,6 @@ def ball_query(centers: Tensor, points: Tensor, radius: float, k: int) -> Tensor
 def ball_query_torch(centers: Tensor, points: Tensor, radius: float, k: int) -> Tensor:
     """The plain PyTorch path of :func:`ball_query`."""
     b, m, _ = centers.shape
-    n = points.shape[1]
     with torch.no_grad():
         inside = square_distance(centers.detach(), points.detach()) < radius * radius  # (B, M, N)
         rank = inside.cumsum(dim=2, dtype=torch.int32)  # 1-based rank of each hit in index order

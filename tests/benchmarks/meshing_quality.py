@@ -54,7 +54,7 @@ def main() -> None:
     with open_dataset_file(args.data) as f:
         names = [n.decode() if isinstance(n, bytes) else str(n) for n in f.attrs["category_names"]]
         category = f["category"][:]
-        print(f"| category | " + " | ".join(f"F@1% ({m} normals)" for m in modes) + " | s per mesh |")
+        print("| category | " + " | ".join(f"F@1% ({m} normals)" for m in modes) + " | s per mesh |")
         print("|---|" + "---|" * len(modes) + "---|")
         means = {m: [] for m in modes}
         for c, name in enumerate(names):
