@@ -27,6 +27,7 @@ not at all; OUT defaults to SAMPLES with the suffix .metrics.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import math
@@ -44,6 +45,7 @@ from tqdm import tqdm
 import pvd
 from pvd.data.hdf5 import DatasetConfig, ShapeDataset, open_dataset_file, pointflow_stats
 from pvd.errors import UserError, run_command
+from pvd.io import atomic_path
 from pvd.metrics._common import default_workers
 from pvd.metrics.distribution import canonical_normalization, distribution_metrics, pair_count
 
@@ -185,21 +187,13 @@ def markdown_table(result: dict[str, Any]) -> str:
 
 
 def write_outputs(result: dict[str, Any], out: Path) -> tuple[Path, Path]:
-    """OUT.json and OUT.md, each written to a temporary name and renamed."""
+    """OUT.json and OUT.md, each written atomically; both renames wait until both are written."""
     out.parent.mkdir(parents=True, exist_ok=True)
     targets = {out.with_name(out.name + ".json"): json.dumps(result, indent=2) + "\n",
                out.with_name(out.name + ".md"): markdown_table(result)}
-    partials = []
-    try:
+    with contextlib.ExitStack() as stack:
         for target, text in targets.items():
-            partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
-            partials.append(partial)
-            partial.write_text(text)
-        for partial, target in zip(partials, targets):
-            os.replace(partial, target)
-    finally:
-        for partial in partials:
-            partial.unlink(missing_ok=True)
+            stack.enter_context(atomic_path(target)).write_text(text)
     return tuple(targets)  # type: ignore[return-value]
 
 

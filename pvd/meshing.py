@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +37,7 @@ from scipy.sparse.csgraph import breadth_first_order, connected_components, mini
 from scipy.spatial import cKDTree
 
 from pvd.errors import UserError, run_command
+from pvd.io import atomic_path
 
 MESH_FORMATS = (".obj", ".ply", ".glb")
 MIN_POINTS = 10
@@ -360,22 +360,15 @@ def load_points(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]
 
 
 def save_mesh(mesh: trimesh.Trimesh, path: str | os.PathLike) -> None:
-    """Write mesh as OBJ, PLY or GLB (by the suffix) through a temporary file and a rename."""
+    """Write mesh as OBJ, PLY or GLB (by the suffix) atomically (:func:`pvd.io.atomic_path`)."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in MESH_FORMATS:
         raise UserError(f"{path}: unsupported mesh format {suffix!r} (use {', '.join(MESH_FORMATS)})")
     if not path.parent.is_dir():
         raise UserError(f"no directory {path.parent} for {path.name}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            mesh.export(f, file_type=suffix[1:])
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        mesh.export(f, file_type=suffix[1:])
 
 
 def main(argv: list[str] | None = None) -> int:

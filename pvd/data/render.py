@@ -13,12 +13,12 @@ triangles cost no more than their area."""
 from __future__ import annotations
 
 import os
-import uuid
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from PIL import Image
+
+from pvd.io import atomic_path
 
 NEAR = 1e-4  # triangles with a vertex at camera z <= NEAR are dropped (no clipping)
 _EDGE_EPS = 1e-7  # inclusive edge test in barycentric units, so shared edges leave no cracks
@@ -307,18 +307,10 @@ def image_grid(
 
 
 def save_png(path: str | os.PathLike, image: np.ndarray) -> None:
-    """Write a uint8 (H, W), (H, W, 3) or (H, W, 4) image as PNG atomically.
-
-    The PNG goes to a uniquely named temporary file in the target directory first and is then
-    renamed over ``path``, so readers never see a half-written file.
-    """
-    path = Path(path)
+    """Write a uint8 (H, W), (H, W, 3) or (H, W, 4) image as PNG atomically (:func:`pvd.io.atomic_path`),
+    so readers never see a half-written file."""
     image = np.asarray(image)
     if image.dtype != np.uint8:
         raise TypeError(f"save_png expects uint8 pixels, got {image.dtype}")
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         Image.fromarray(image).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

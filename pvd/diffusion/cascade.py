@@ -129,13 +129,14 @@ def training_batch(stages: Sequence[Stage], k: int, x0: torch.Tensor, cond: Any 
     return points, with_coarse(cond, coarse, level.to(x0.dtype))
 
 
-def sample_stages(stages: Sequence[Stage], models: Sequence[Model], cond: Any, batch_size: int, *,
+def sample_stages(stages: Sequence[Stage], models: Sequence[Model], cond: Any | Sequence[Any], batch_size: int, *,
                   generator: torch.Generator, progress: Callable[[int, int, int], None] | None = None,
                   dtype: torch.dtype = torch.float32, device=None, return_all: bool = False,
                   **sampler_options) -> torch.Tensor | list[torch.Tensor]:
     """Samples (batch_size, N_last, 3), stage by stage; one stage is plain single-stage sampling.
 
-    models: one per stage. Stage k > 0 sees the previous stage's cloud augmented at its
+    models: one per stage. cond: one condition for every stage, or a list with one per stage
+    (e.g. each stage's own image encoding). Stage k > 0 sees the previous stage's cloud augmented at its
     ``aug_level_sample``. progress(stage, i, n) after step i of n of each stage. return_all:
     return every stage's cloud, coarse to fine. Other options (guidance_scale, fixed, ...) go
     to every stage's sampler; ``fixed`` (completion) is only allowed for a single stage.
@@ -144,12 +145,14 @@ def sample_stages(stages: Sequence[Stage], models: Sequence[Model], cond: Any, b
         raise ValueError(f"{len(stages)} stages need {len(stages)} models, got {len(models)}")
     if len(stages) > 1 and sampler_options.get("fixed") is not None:
         raise ValueError("shape completion (fixed points) is supported by single-stage sampling only")
+    conds = list(cond) if isinstance(cond, (list, tuple)) else [cond] * len(stages)
+    if len(conds) != len(stages):
+        raise ValueError(f"{len(stages)} stages need one condition or {len(stages)}, got {len(conds)}")
     x, clouds = None, []
-    for k, (stage, model) in enumerate(zip(stages, models)):
-        stage_cond = cond
+    for k, (stage, model, stage_cond) in enumerate(zip(stages, models, conds)):
         if k > 0:
             level = torch.full((batch_size,), stage.config.aug_level_sample, dtype=dtype, device=x.device)
-            stage_cond = with_coarse(cond, augment(x, level, generator), level)
+            stage_cond = with_coarse(stage_cond, augment(x, level, generator), level)
         report = None if progress is None else (lambda i, n, k=k: progress(k, i, n))
         x = stage.sample(model, (batch_size, stage.num_points, 3), stage_cond, generator=generator, progress=report,
                          dtype=dtype, device=device, **sampler_options)

@@ -1,0 +1,197 @@
+"""train.py: runs end to end, resumes bitwise after SIGKILL/SIGTERM, matches itself over 2 processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import train
+from pvd import checkpoint
+from pvd.data.synthetic import SyntheticConfig, write_synthetic_dataset
+from pvd.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    # 6 shapes per category: 4 train, 1 val, 1 test; 400 points (266 for training, 134 held out).
+    path = tmp_path_factory.mktemp("train") / "d.h5"
+    write_synthetic_dataset(path, SyntheticConfig(per_category=6, views=2, resolution=16, num_points=400, supersample=1,
+                                                  categories=("chair", "car")), progress=False)
+    return path
+
+
+def args(data, run_dir, *extra):
+    # 8 train shapes, batch 4: 2 steps per epoch, so 6 steps cross two epoch boundaries.
+    return ["tiny", f"data.path={data}", f"run_dir={run_dir}", "max_steps=6", "ckpt_every=2", "keep=10", *extra]
+
+
+def weights(run_dir, step=None):
+    path = Path(run_dir) / "checkpoints" / f"step-{step:08d}.pt" if step else Path(run_dir)
+    ckpt = checkpoint.load(path)
+    return ckpt["models"][0], ckpt["ema"][0], ckpt["optimizer"]
+
+
+def assert_bitwise(a, b):
+    (ma, ea, oa), (mb, eb, ob) = a, b
+    for x, y in ((ma, mb), (ea, eb)):
+        assert x.keys() == y.keys()
+        for k in x:
+            assert torch.equal(x[k], y[k]), k
+    for k, s in oa["state"].items():
+        for name in s:
+            assert torch.equal(s[name], ob["state"][k][name]), (k, name)
+
+
+def cli(*argv, env=None, **kw):
+    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *argv], cwd=ROOT, env={**os.environ, **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+@pytest.fixture(scope="module")
+def reference(data, tmp_path_factory):
+    run = tmp_path_factory.mktemp("ref") / "run"
+    assert train.main(args(data, run)) == 0
+    return run
+
+
+def test_run_writes_config_stats_and_keeps_last_k(data, tmp_path):
+    run = tmp_path / "run"
+    assert train.main(args(data, run, "keep=2", "val_every=3", "log_every=3")) == 0
+    names = [p.name for p in checkpoint.list_checkpoints(run)]
+    assert names == ["step-00000004.pt", "step-00000006.pt"]
+    record = json.loads((run / "config.json").read_text())
+    assert record["train"]["optim"]["lr"] == 1e-3 and record["dataset"]["categories"] == ["chair", "car"]
+    assert 0.2 < record["dataset"]["view_fill"] < 1.0
+    stats = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
+    losses = [s for s in stats if "loss" in s]
+    assert [s["step"] for s in losses] == [3, 6] and all({"loss_q0", "loss_q3", "lr"} <= s.keys() for s in losses)
+    vals = [s for s in stats if "val_cd" in s]
+    assert [s["step"] for s in vals] == [3, 6] and all(s["val_cd"] > 0 and 0 <= s["val_fscore_1pct"] <= 1 for s in vals)
+    assert (run / "val" / "step-00000006.png").is_file()
+
+
+def test_same_seed_same_weights_and_a_new_seed_differs(data, reference, tmp_path):
+    assert train.main(args(data, tmp_path / "a")) == 0
+    assert_bitwise(weights(reference), weights(tmp_path / "a"))
+    assert train.main(args(data, tmp_path / "b", "seed=7")) == 0
+    assert not torch.equal(weights(reference)[0]["head_out.weight"], weights(tmp_path / "b")[0]["head_out.weight"])
+
+
+def test_resume_from_a_middle_checkpoint_is_bitwise(data, reference, tmp_path):
+    # A run that has only reached step 2 (as if killed right after that checkpoint) ...
+    run = tmp_path / "run"
+    assert train.main(args(data, run, "max_steps=2")) == 0
+    assert_bitwise(weights(reference, 2), weights(run, 2))
+    # ... resumed to the end equals the run that never stopped, optimizer state included.
+    assert train.main(args(data, run, "resume=true")) == 0
+    assert_bitwise(weights(reference), weights(run))
+
+
+def test_sigkill_then_resume_is_bitwise(data, reference, tmp_path):
+    run = tmp_path / "run"
+    proc = cli(*args(data, run, "max_steps=400", "ckpt_every=3"))
+    deadline = time.time() + 120
+    while not (run / "checkpoints" / "step-00000003.pt").exists():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    for path in checkpoint.list_checkpoints(run):  # a kill leaves only complete checkpoints (and hidden partials)
+        checkpoint.load(path)
+    # Resume to step 6 (the reference's end) from whatever checkpoint survived.
+    assert train.main(args(data, run, "resume=true")) == 0
+    assert_bitwise(weights(reference), weights(run, 6))
+
+
+def test_sigterm_checkpoints_before_exit_and_resume_is_bitwise(data, tmp_path):
+    run = tmp_path / "run"
+    proc = cli(*args(data, run, "max_steps=400", "ckpt_every=1000"))
+    deadline = time.time() + 120
+    while not (run / "stats.jsonl").exists() or len((run / "stats.jsonl").read_text().splitlines()) < 1:
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "resume=true" in out
+    stopped_at = checkpoint.load(run)["step"]
+    assert 2 <= stopped_at < 400
+    # Resumed for two more steps, it equals a run that went there straight.
+    end = f"max_steps={stopped_at + 2}"
+    assert train.main(args(data, run, "resume=true", end)) == 0
+    assert train.main(args(data, tmp_path / "straight", end, "ckpt_every=1000")) == 0
+    assert_bitwise(weights(tmp_path / "straight"), weights(run, stopped_at + 2))
+
+
+def test_two_processes_match_one(data, tmp_path):
+    # Dropout masks come from each process's own generator, so the comparison runs without it;
+    # every other draw is keyed to the sample and is the same in both runs.
+    single, run = tmp_path / "single", tmp_path / "ddp"
+    assert train.main(args(data, single, "dropout=0.0")) == 0
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(ROOT / "train.py"), *args(data, run, "dropout=0.0")], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (m1, e1, _), (m2, e2, _) = weights(single), weights(run)
+    # Gradients are averaged across processes instead of over one batch: equal up to rounding.
+    # Biases that feed a normalisation (or attention keys) have an exactly zero gradient, and Adam
+    # turns their rounding noise into full-size steps: only weight tensors are compared.
+    compared = [k for k in m1 if m1[k].ndim >= 2]
+    assert len(compared) > 40
+    for k in compared:
+        torch.testing.assert_close(m2[k], m1[k], rtol=1e-4, atol=2e-5, msg=k)
+    moved = sum(float((m1[k] - weights(single, 2)[0][k]).abs().sum()) for k in m1 if m1[k].is_floating_point())
+    assert moved > 0  # the comparison is not between untrained networks
+
+
+def test_init_from_copies_weights_and_refuses_a_different_network(data, reference, tmp_path):
+    run = tmp_path / "ft"
+    assert train.main(args(data, run, f"init_from={reference}", "max_steps=1", "ckpt_every=1")) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["train"]["init_from"] == str(reference)
+    # One step from the reference's EMA weights: close to them, far from a fresh initialisation.
+    ref_ema = weights(reference)[1]["head_out.weight"]
+    tuned = weights(run)[0]["head_out.weight"]
+    assert (tuned - ref_ema).abs().max() < 0.01
+    with pytest.raises(UserError, match="networks differ"):
+        train.main(args(data, tmp_path / "x", f"init_from={reference}", "dropout=0.0"))
+
+
+def test_refuses_to_overwrite_a_run_and_to_change_a_resumed_config(data, reference, tmp_path):
+    with pytest.raises(UserError, match="already holds a run"):
+        train.main(args(data, reference))
+    with pytest.raises(UserError, match="cannot change optim"):
+        train.main(args(data, reference, "resume=true", "optim.lr=0.1"))
+    with pytest.raises(UserError, match="does not exist"):
+        train.main(args(data, tmp_path / "nothing", "resume=true"))
+
+
+def test_bad_input_is_one_line_and_exit_2(data, tmp_path):
+    for bad in (["tiny", "optim.lr=fast"], ["tiny", "nosuchkey=1"], ["nosuchpreset"], ["tiny", "data.path=/nonexistent.h5"]):
+        proc = cli(*bad, f"run_dir={tmp_path / 'r'}")
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 2, (bad, err)
+        assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_learning_rate_schedules():
+    cfg = train.train_preset("quickstart")
+    total = 1000
+    lrs = [train.learning_rate(cfg, s, 0, total) for s in range(total)]
+    assert lrs[0] == pytest.approx(cfg.optim.lr / cfg.optim.warmup_steps)
+    assert max(lrs) == pytest.approx(cfg.optim.lr)
+    assert lrs[-1] == pytest.approx(cfg.optim.lr * (cfg.optim.min_lr_ratio + (1 - cfg.optim.min_lr_ratio) *
+                                                     0.5 * (1 + torch.cos(torch.tensor(torch.pi * 899 / 900)).item())))
+    paper = train.train_preset("pvd-paper-chair")
+    assert train.learning_rate(paper, 5000, 7, 10**6) == pytest.approx(2e-4 * 0.998**7)

@@ -1,0 +1,478 @@
+"""Train a point-voxel diffusion model.
+
+    python train.py quickstart                              # the built-in data, CPU, minutes
+    python train.py pvd-paper-chair data.path=data/pc15k.h5 # PVD's published setup
+    python train.py quickstart optim.lr=5e-4 epochs=10 run_dir=runs/mine
+    python train.py quickstart resume=true                  # continue runs/quickstart
+    torchrun --nproc_per_node=2 train.py quickstart         # DistributedDataParallel
+
+The first argument names a preset (``python train.py --help`` lists them); every other one
+is ``key=value`` on its fields. The resolved config goes to RUN/config.json, statistics to
+RUN/stats.jsonl, checkpoints to RUN/checkpoints/, validation grids to RUN/val/.
+
+Every random draw of a training sample (its points, view, timestep, noise and condition drop)
+is keyed to (seed, epoch, sample index), and the global generator (dropout) is re-seeded
+from (seed, step, rank) every step, so a run stopped anywhere and resumed ends bitwise equal
+(on CPU) to one that never stopped, and a run over W processes matches one process with the
+same global batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+import pvd
+from pvd import checkpoint
+from pvd.config import PRESETS, TrainConfig, apply_overrides, check, from_dict, network_config, to_dict, train_preset
+from pvd.data.hdf5 import ShapeDataset
+from pvd.data.render import image_grid, render_points, save_png
+from pvd.diffusion import build
+from pvd.diffusion.cascade import sample_stages, training_batch
+from pvd.errors import UserError, run_command
+from pvd.imageprep import view_fill
+from pvd.metrics import chamfer_distance, f_score
+from pvd.nn import Condition, PVDUNet
+from pvd.nn.unet import UNetConfig
+
+# Fields that may change when a run is resumed: they do not alter the weights it computes.
+RESUMABLE = {"epochs", "max_steps", "device", "workers", "log_every", "ckpt_every", "keep", "val_every",
+             "val_shapes", "val_sampler", "val_steps", "tensorboard", "resume", "run_dir"}
+
+
+# ---- set-up ---------------------------------------------------------------------------------
+
+def parse_config(argv: list[str]) -> TrainConfig:
+    parser = argparse.ArgumentParser(
+        prog="train.py", description="Train a point-voxel diffusion model.",
+        epilog=f"presets: {', '.join(PRESETS)}. Keys: the fields of pvd.config.TrainConfig, e.g. optim.lr=1e-3 "
+               "data.categories=chair,car diffusion.cascade=default resume=true init_from=runs/other.")
+    parser.add_argument("preset", nargs="?", default="quickstart", help="a preset name (default quickstart)")
+    parser.add_argument("overrides", nargs="*", help="key=value")
+    args = parser.parse_args(argv)
+    if "=" in args.preset:  # no preset given, only overrides
+        args.overrides.insert(0, args.preset)
+        args.preset = "quickstart"
+    cfg = apply_overrides(train_preset(args.preset), args.overrides)
+    if cfg.resume:
+        stored = Path(cfg.run_dir) / "config.json"
+        if not stored.is_file():
+            raise UserError(f"resume=true but {stored} does not exist")
+        saved = from_dict(TrainConfig, json.loads(stored.read_text())["train"])
+        cfg = apply_overrides(copy.deepcopy(saved), args.overrides)
+        before, after = to_dict(saved), to_dict(cfg)
+        changed = [k for k in before if k not in RESUMABLE and before[k] != after[k]]
+        if changed:
+            raise UserError(f"a resumed run keeps its config; cannot change {changed[0]} (start a new run with init_from=)")
+    check(cfg)
+    return cfg
+
+
+def setup_distributed(cfg: TrainConfig) -> tuple[int, int, torch.device]:
+    """(rank, world size, device). Under torchrun: one process per device, gloo on CPU, nccl on CUDA."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if cfg.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            device = torch.device(cfg.device)
+        except RuntimeError:
+            raise UserError(f"device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise UserError("device=cuda but no CUDA device is available")
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if world > 1:
+        if cfg.batch_size % world:
+            raise UserError(f"batch_size {cfg.batch_size} does not split over {world} processes")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (SeedSequence mixes them; no two keys collide in practice)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def learning_rate(cfg: TrainConfig, step: int, epoch: int, total_steps: int) -> float:
+    """The learning rate of ``step`` (a pure function of the step, so resuming needs no scheduler state)."""
+    o = cfg.optim
+    factor = min(1.0, (step + 1) / o.warmup_steps) if o.warmup_steps else 1.0
+    if o.schedule == "exponential":
+        factor *= o.gamma ** epoch
+    elif o.schedule == "cosine":
+        progress = min(1.0, max(0.0, (step - o.warmup_steps) / max(1, total_steps - o.warmup_steps)))
+        factor *= o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return o.lr * factor
+
+
+class Objective(nn.Module):
+    """The training loss of every stage on one batch: the module DistributedDataParallel wraps."""
+
+    def __init__(self, nets: list[PVDUNet], stages: list, cfg: TrainConfig):
+        super().__init__()
+        self.nets = nn.ModuleList(nets)
+        self.stages = stages
+        self.cfg = cfg
+
+    def forward(self, batch: dict[str, torch.Tensor], keys: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns (mean loss, per-sample loss (S, B) per stage, timesteps (S, B))."""
+        device = next(self.parameters()).device
+        x0 = batch["points"]
+        draws = [sample_draws(self.stages, x0[i : i + 1], key, self.cfg.cond_drop) for i, key in enumerate(keys)]
+        drop = torch.stack([d["drop"] for d in draws]).to(device)
+        losses, steps = [], []
+        for k, (net, stage) in enumerate(zip(self.nets, self.stages)):
+            points = torch.cat([d["points"][k] for d in draws]).to(device)
+            t = torch.cat([d["t"][k] for d in draws]).to(device)
+            noise = torch.cat([d["noise"][k] for d in draws]).to(device)
+            fields = dict(drop=drop)
+            if "category" in self.cfg.condition:
+                fields["category"] = batch["category"].to(device)
+            if k > 0:
+                fields["coarse"] = torch.cat([d["coarse"][k] for d in draws]).to(device)
+                fields["coarse_level"] = torch.cat([d["level"][k] for d in draws]).to(device).float()
+            if net.config.condition is None:
+                cond = None
+            elif "image" in self.cfg.condition:
+                cond = net.condition(images=batch["image"].to(device), **fields)
+            else:
+                cond = Condition(**fields)
+            losses.append(stage.diffusion.loss(net, points, t, cond, noise=noise))
+            steps.append(t)
+        per_sample = torch.stack(losses)
+        return per_sample.sum(0).mean(), per_sample.detach(), torch.stack(steps)
+
+
+def sample_draws(stages: list, x0: torch.Tensor, key: int, cond_drop: float) -> dict[str, Any]:
+    """One sample's random draws for every stage, from a generator seeded by its key. x0: (1, N, 3) on CPU."""
+    g = torch.Generator().manual_seed(key)
+    out: dict[str, Any] = {"drop": torch.rand((), generator=g) < cond_drop, "points": [], "t": [], "noise": [],
+                           "coarse": [], "level": []}
+    for k, stage in enumerate(stages):
+        points, extra = training_batch(stages, k, x0, Condition() if k > 0 else None, g)
+        out["points"].append(points)
+        out["coarse"].append(extra.coarse if k > 0 else None)
+        out["level"].append(extra.coarse_level if k > 0 else None)
+        out["t"].append(stage.diffusion.sample_t(1, generator=g))
+        out["noise"].append(torch.randn(points.shape, generator=g))
+    return out
+
+
+class EpochBatches(torch.utils.data.Sampler):
+    """This process's batches of one epoch: the DistributedSampler's shard, cut into whole
+    batches (the same number on every process), from batch ``start`` on."""
+
+    def __init__(self, sampler: torch.utils.data.DistributedSampler, batch_size: int, num_batches: int, start: int):
+        self.indices = list(sampler)[: batch_size * num_batches]
+        self.batch_size, self.num_batches, self.start = batch_size, num_batches, start
+
+    def __iter__(self):
+        for i in range(self.start, self.num_batches):
+            yield self.indices[i * self.batch_size : (i + 1) * self.batch_size]
+
+    def __len__(self) -> int:
+        return self.num_batches - self.start
+
+
+# ---- logging, validation, checkpoints -------------------------------------------------------
+
+class Log:
+    """Status lines, the append-only stats.jsonl and optional TensorBoard (rank 0 only)."""
+
+    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool):
+        self.enabled = enabled
+        self.path = run_dir / "stats.jsonl"
+        self.tb = None
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.tb = SummaryWriter(str(run_dir / "tb"))
+            except ImportError:
+                print("warning: tensorboard=true but the tensorboard package is not installed; logging to stats.jsonl only",
+                      file=sys.stderr)
+
+    def record(self, entry: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+        if self.tb is not None:
+            for k, v in entry.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, entry["step"])
+
+    def say(self, text: str) -> None:
+        if self.enabled:
+            tqdm.write(text)
+
+
+@torch.no_grad()
+def validate(cfg: TrainConfig, nets: list[PVDUNet], val: ShapeDataset, step: int, run_dir: Path,
+             device: torch.device) -> dict[str, float]:
+    """Sample the first ``val_shapes`` val shapes with the fast sampler; Chamfer distance and F-score
+    to their ground truth (normalised frame) and a PNG grid: input view | ground truth | sample."""
+    count = min(cfg.val_shapes, len(val))
+    items = [val[i] for i in range(count)]
+    batch = torch.utils.data.default_collate(items)
+    sampler_cfg = dataclasses.replace(cfg.diffusion, sampler=cfg.val_sampler, sampling_steps=cfg.val_steps)
+    stages = build(sampler_cfg, cfg.data.num_points)
+    for net in nets:
+        net.eval()
+    conds = make_conditions(cfg, nets, batch, device)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    samples = sample_stages(stages, nets, conds, count, generator=gen, device=device).float().cpu()
+    for net in nets:
+        net.train()
+    truth = batch["points"]
+    diagonal = (truth.amax(1) - truth.amin(1)).norm(dim=-1)
+    cd = chamfer_distance(samples, truth)
+    f1 = torch.stack([f_score(s[None], g[None], 0.01 * float(d))[0] for s, g, d in zip(samples, truth, diagonal)])
+    if "image" in batch:
+        tiles = []
+        for i in range(count):
+            shift, scale = batch["shift"][i].numpy(), float(batch["scale"][i])
+            k, e = batch["intrinsics"][i].numpy(), batch["extrinsics"][i].numpy()
+            h, w = batch["image"].shape[-2:]
+            tiles.append(batch["image"][i].permute(1, 2, 0).numpy())
+            for cloud in (truth[i], samples[i]):
+                tiles.append(render_points(cloud.numpy() * scale + shift, k, e, h, w))
+        (run_dir / "val").mkdir(exist_ok=True)
+        save_png(run_dir / "val" / f"step-{step:08d}.png", image_grid(tiles, columns=3))
+    return {"val_cd": float(cd.mean()), "val_fscore_1pct": float(f1.mean())}
+
+
+def make_conditions(cfg: TrainConfig, nets: list[PVDUNet], batch: dict[str, torch.Tensor],
+                    device: torch.device) -> list[Condition | None]:
+    """One sampling condition per stage (each stage's network encodes the images itself)."""
+    fields = {"category": batch["category"].to(device)} if "category" in cfg.condition else {}
+    conds = []
+    for k, net in enumerate(nets):
+        if net.config.condition is None:
+            conds.append(None)
+        elif "image" in cfg.condition:
+            conds.append(net.condition(images=batch["image"].to(device), **fields))
+        else:
+            conds.append(Condition(**fields))
+    return conds
+
+
+def run_record(cfg: TrainConfig, networks: list[UNetConfig], train: ShapeDataset) -> dict[str, Any]:
+    """What sample.py needs besides the weights: configs, data normalisation, view framing."""
+    info: dict[str, Any] = {"normalization": train.normalization_info(), "categories": train.info.categories,
+                            "num_points": cfg.data.num_points}
+    if cfg.data.images:
+        with h5py.File(cfg.data.path, "r") as f:
+            images = torch.from_numpy(f["images"][: min(64, len(f["images"]))])  # (S, V, H, W, 4)
+        views = images.flatten(0, 1).permute(0, 3, 1, 2)
+        info.update(image_size=list(views.shape[-2:]), view_fill=view_fill(views))
+    return {"train": to_dict(cfg), "networks": [to_dict(n) for n in networks], "dataset": info,
+            "pvd_version": pvd.__version__}
+
+
+def load_weights(source: str, nets: list[PVDUNet], networks: list[UNetConfig]) -> None:
+    """init_from: copy another run's weights (its EMA when it has one) into ``nets``."""
+    ckpt = checkpoint.load(source)
+    theirs = ckpt["run"]["networks"]
+    if theirs != [to_dict(n) for n in networks]:
+        raise UserError(f"init_from={source}: its networks differ from this run's (model, condition, dropout, cascade)")
+    states = ckpt["ema"] or ckpt["models"]
+    for net, state in zip(nets, states):
+        net.load_state_dict(state)
+
+
+def checkpoint_payload(record: dict[str, Any], nets, ema, optimizer, step: int, epoch: int) -> dict[str, Any]:
+    return {"run": json.dumps(record), "epoch": epoch, "models": [n.state_dict() for n in nets],
+            "ema": [n.state_dict() for n in ema] if ema is not None else None, "optimizer": optimizer.state_dict()}
+
+
+class StopRequest:
+    """SIGINT/SIGTERM set a flag; the loop finishes its step, checkpoints and exits."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def train(cfg: TrainConfig) -> int:
+    rank, world, device = setup_distributed(cfg)
+    main_process = rank == 0
+    run_dir = Path(cfg.run_dir)
+    if main_process and not cfg.resume and checkpoint.list_checkpoints(run_dir):
+        raise UserError(f"{run_dir} already holds a run: resume=true continues it, or choose another run_dir")
+
+    train_set = ShapeDataset(cfg.data, "train")
+    val_set = ShapeDataset(cfg.data, "val") if cfg.val_every else None
+    local_batch = cfg.batch_size // world
+    steps_per_epoch = len(train_set) // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise UserError(f"the training split has {len(train_set)} shapes, fewer than batch_size={cfg.batch_size}")
+    total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
+
+    torch.manual_seed(cfg.seed)  # the same initial weights in every process
+    stages = build(cfg.diffusion, cfg.data.num_points)
+    networks = [network_config(cfg, len(train_set.info.categories), cascade_stage=k > 0) for k in range(len(stages))]
+    nets = [PVDUNet(n).to(device) for n in networks]
+    record = run_record(cfg, networks, train_set)
+    if cfg.init_from:
+        load_weights(cfg.init_from, nets, networks)
+    objective = Objective(nets, stages, cfg)
+    optim_cls = torch.optim.AdamW if cfg.optim.name == "adamw" else torch.optim.Adam
+    optimizer = optim_cls(objective.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
+                          weight_decay=cfg.optim.weight_decay)
+    ema = [copy.deepcopy(n).requires_grad_(False) for n in nets] if cfg.optim.ema_decay else None
+
+    step = 0
+    if cfg.resume:
+        ckpt = checkpoint.load(run_dir, map_location=device)
+        for net, state in zip(nets, ckpt["models"]):
+            net.load_state_dict(state)
+        if ema is not None:
+            for net, state in zip(ema, ckpt["ema"]):
+                net.load_state_dict(state)
+        optimizer.load_state_dict(ckpt["optimizer"])
+        step = ckpt["step"]
+    model = nn.parallel.DistributedDataParallel(objective) if world > 1 else objective
+
+    log = Log(run_dir, main_process, cfg.tensorboard)
+    if main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not cfg.resume:
+            (run_dir / "stats.jsonl").unlink(missing_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(record, indent=2) + "\n")
+        params = sum(p.numel() for p in objective.parameters())
+        log.say(f"{'resuming' if cfg.resume else 'training'} {cfg.model} x{len(nets)} stage(s), {params:,} parameters, "
+                f"on {device}{f' x{world} processes' if world > 1 else ''}: {len(train_set)} shapes, "
+                f"{steps_per_epoch} steps/epoch, steps {step}..{total_steps} -> {run_dir}")
+
+    def save(at_step: int, epoch: int) -> None:
+        if main_process:
+            checkpoint.save(run_dir, at_step, checkpoint_payload(record, nets, ema, optimizer, at_step, epoch), cfg.keep)
+
+    def run_validation(at_step: int) -> None:
+        if main_process and val_set is not None:
+            metrics = validate(cfg, ema or nets, val_set, at_step, run_dir, device)
+            log.record({"step": at_step, **metrics})
+            log.say(f"step {at_step}: val CD {metrics['val_cd']:.5f}, F@1% {metrics['val_fscore_1pct']:.3f}")
+
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
+    bar = tqdm(total=total_steps, initial=step, disable=not main_process, unit="step", dynamic_ncols=True)
+    window = {"loss": 0.0, "count": 0, "start": time.perf_counter(), "quartiles": np.zeros((len(stages), 4, 2))}
+    stopped = False
+    with StopRequest() as stop:
+        while step < total_steps and not stopped:
+            epoch, offset = divmod(step, steps_per_epoch)
+            train_set.set_epoch(epoch)
+            sampler = torch.utils.data.DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True,
+                                                          seed=cfg.seed)
+            sampler.set_epoch(epoch)
+            batches = EpochBatches(sampler, local_batch, steps_per_epoch, offset)
+            loader = torch.utils.data.DataLoader(train_set, batch_sampler=batches, num_workers=cfg.workers,
+                                                 generator=torch.Generator())
+            for batch in loader:
+                torch.manual_seed(derive_seed(cfg.seed, step, rank))  # dropout
+                lr = learning_rate(cfg, step, epoch, total_steps)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                keys = [derive_seed(cfg.seed, epoch, int(row), 1) for row in batch["index"]]
+                with autocast:
+                    loss, per_sample, t = model(batch, keys)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.optim.grad_clip is not None:
+                    nn.utils.clip_grad_norm_(objective.parameters(), cfg.optim.grad_clip)
+                optimizer.step()
+                if ema is not None:
+                    decay = min(cfg.optim.ema_decay, (1 + step) / (10 + step))
+                    with torch.no_grad():
+                        for e_net, net in zip(ema, nets):
+                            for e_p, p in zip(e_net.parameters(), net.parameters()):
+                                e_p.lerp_(p, 1 - decay)
+                            for e_b, b in zip(e_net.buffers(), net.buffers()):
+                                e_b.copy_(b)
+                step += 1
+                bar.update(1)
+
+                # statistics (local to rank 0: the logged loss is that process's)
+                window["loss"] += loss.item()
+                window["count"] += 1
+                quart = (t.cpu() * 4 // stages[0].diffusion.num_steps).clamp(max=3)
+                for k in range(len(stages)):
+                    for q in range(4):
+                        m = quart[k] == q
+                        window["quartiles"][k, q] += (float(per_sample[k][m.to(per_sample.device)].sum()), int(m.sum()))
+                if step % cfg.log_every == 0 or step == total_steps:
+                    elapsed = time.perf_counter() - window["start"]
+                    entry = {"step": step, "epoch": epoch, "loss": window["loss"] / window["count"], "lr": lr,
+                             "samples_per_s": window["count"] * cfg.batch_size / elapsed}
+                    for k in range(len(stages)):
+                        prefix = "loss" if len(stages) == 1 else f"loss_stage{k}"
+                        for q in range(4):
+                            total, count = window["quartiles"][k, q]
+                            entry[f"{prefix}_q{q}"] = total / count if count else None
+                    log.record(entry)
+                    log.say(f"step {step}/{total_steps} epoch {epoch} loss {entry['loss']:.4f} lr {lr:.2e} "
+                            f"{entry['samples_per_s']:.1f} samples/s")
+                    window.update(loss=0.0, count=0, start=time.perf_counter(), quartiles=np.zeros_like(window["quartiles"]))
+
+                flag = torch.tensor([float(stop.requested)])
+                if world > 1:
+                    dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # every process stops at the same step
+                if flag.item():
+                    stopped = True
+                    break
+                if step % cfg.ckpt_every == 0 or step == total_steps:
+                    save(step, epoch)
+                if cfg.val_every and (step % cfg.val_every == 0 or step == total_steps):
+                    run_validation(step)
+                if step >= total_steps:
+                    break
+        if stopped:
+            save(step, step // steps_per_epoch)
+    bar.close()
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    if stopped:
+        log.say(f"stopped at step {step}; checkpoint saved. Continue with: python train.py resume=true run_dir={run_dir}")
+        return 130
+    log.say(f"done: {run_dir} (checkpoint {checkpoint.list_checkpoints(run_dir)[-1].name if main_process else ''})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return train(parse_config(sys.argv[1:] if argv is None else argv))
+
+
+if __name__ == "__main__":
+    run_command(main)
