@@ -85,11 +85,15 @@ def collect_images(args) -> list[Path]:
 
 
 def unique_names(paths: list[Path]) -> list[str]:
-    names, seen = [], {}
+    names, taken = [], set()
     for p in paths:
         base = re.sub(r"[^A-Za-z0-9_.-]", "_", p.stem) or "image"
-        seen[base] = seen.get(base, 0) + 1
-        names.append(base if seen[base] == 1 else f"{base}-{seen[base]}")
+        name, k = base, 1
+        while name in taken:  # a-2 for the second a, unless an input is itself called a-2
+            k += 1
+            name = f"{base}-{k}"
+        taken.add(name)
+        names.append(name)
     return names
 
 
@@ -125,12 +129,19 @@ def preview(points: np.ndarray, view: np.ndarray | None) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
+    try:
+        device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                              "cpu" if args.device == "auto" else args.device)
+    except RuntimeError:
+        raise UserError(f"--device must be auto, cpu, cuda or cuda:N, got {args.device!r}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda but no CUDA device is available")
     if args.batch < 1 or (args.num is not None and args.num < 1):
         raise UserError("--batch and --num must be at least 1")
+    if args.points is not None and args.points < 1:
+        raise UserError("--points must be at least 1")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UserError(f"--out {args.out} is a file, not a folder")
     run, cfg, nets = load_run(args.ckpt, device, args.raw_weights)
     data = run["dataset"]
     image_paths = collect_images(args)
@@ -160,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"a cascade generates {cfg.data.num_points} points; --points applies to single-stage runs")
     stages = build(diffusion, cfg.data.num_points)
     if diffusion.cascade is None:
+        fewest = max((level.num_centers for level in nets[0].config.down), default=1)
+        if num_points < fewest:
+            raise UserError(f"--points {num_points}: this run's network needs at least {fewest} points per shape")
         stages = [dataclasses.replace(stages[0], num_points=num_points)]
     if diffusion.guidance_scale != 1.0 and cfg.condition == "none":
         raise UserError("guidance needs a conditional run")
@@ -168,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         if len(stages) > 1:
             raise UserError("shape completion (--partial) needs a single-stage run")
         pts, _ = load_points(args.partial)
+        if not np.isfinite(pts).all():
+            raise UserError(f"{args.partial}: some partial points are NaN or infinite")
         if args.partial_frame == "original":
             norm = data["normalization"]
             if norm["normalization"] != "pointflow":

@@ -50,6 +50,7 @@ from pvd.imageprep import view_fill
 from pvd.metrics import chamfer_distance, f_score
 from pvd.nn import Condition, PVDUNet
 from pvd.nn.unet import UNetConfig
+from pvd.runtime import reexec_with_malloc_settings
 
 # Fields that may change when a run is resumed: they do not alter the weights it computes.
 RESUMABLE = {"epochs", "max_steps", "device", "workers", "log_every", "ckpt_every", "keep", "val_every",
@@ -475,4 +476,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    reexec_with_malloc_settings()  # CPU steps ~2x faster (pvd.runtime)
     run_command(main)

@@ -22,17 +22,9 @@ import argparse
 import collections
 import contextlib
 import os
-import sys
 import time
 
-MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
-
-
-def _reexec_with_malloc_settings() -> None:
-    if all(os.environ.get(k) == v for k, v in MALLOC_ENV.items()):
-        return
-    os.environ.update(MALLOC_ENV)  # glibc reads these at start-up only
-    os.execv(sys.executable, [sys.executable, *sys.argv])
+from pvd.runtime import MALLOC_ENV, reexec_with_malloc_settings as _reexec_with_malloc_settings
 
 
 def main() -> None:
