@@ -71,10 +71,14 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path}: refused to load (it holds more than weights: {first})") from None
-    except Exception as e:  # truncated or not a torch file at all
-        raise UserError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+        # weights_only refuses any global it does not know (os.system, custom classes); a
+        # file that is no pickle at all fails differently.
+        refused = "unsupported global" in str(e).lower()
+        if refused:
+            raise UserError(f"{path}: refused to load: it holds objects other than tensors and plain data") from None
+        raise UserError(f"{path}: not a readable checkpoint (unpickling failed)") from None
+    except Exception as e:  # truncated, or not a torch file at all
+        raise UserError(f"{path}: not a readable checkpoint ({type(e).__name__})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise UserError(f"{path}: not a pvd checkpoint")
     if data.get("version") != VERSION:

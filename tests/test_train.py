@@ -142,7 +142,7 @@ def test_two_processes_match_one(data, tmp_path):
                            str(ROOT / "train.py"), *args(data, run, "dropout=0.0")], cwd=ROOT, capture_output=True,
                           text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    (m1, e1, _), (m2, e2, _) = weights(single), weights(run)
+    (m1, _, _), (m2, _, _) = weights(single), weights(run)
     # Gradients are averaged across processes instead of over one batch: equal up to rounding.
     # Biases that feed a normalisation (or attention keys) have an exactly zero gradient, and Adam
     # turns their rounding noise into full-size steps: only weight tensors are compared.
@@ -187,11 +187,32 @@ def test_bad_input_is_one_line_and_exit_2(data, tmp_path):
 
 def test_learning_rate_schedules():
     cfg = train.train_preset("quickstart")
-    total = 1000
+    total, w = 1000, cfg.optim.warmup_steps
     lrs = [train.learning_rate(cfg, s, 0, total) for s in range(total)]
     assert lrs[0] == pytest.approx(cfg.optim.lr / cfg.optim.warmup_steps)
     assert max(lrs) == pytest.approx(cfg.optim.lr)
     assert lrs[-1] == pytest.approx(cfg.optim.lr * (cfg.optim.min_lr_ratio + (1 - cfg.optim.min_lr_ratio) *
-                                                     0.5 * (1 + torch.cos(torch.tensor(torch.pi * 899 / 900)).item())))
+                                                     0.5 * (1 + torch.cos(torch.tensor(torch.pi * (total - 1 - w) / (total - w))).item())))
     paper = train.train_preset("pvd-paper-chair")
     assert train.learning_rate(paper, 5000, 7, 10**6) == pytest.approx(2e-4 * 0.998**7)
+
+
+def test_cascade_trains_both_stages_and_samples(data, tmp_path):
+    import sample
+    run = tmp_path / "cascade"
+    stages = 'diffusion.cascade.stages=[{"num_points": 64}, {"num_points": 128}]'
+    assert train.main(args(data, run, "max_steps=2", stages)) == 0
+    ckpt = checkpoint.load(run)
+    assert len(ckpt["models"]) == 2 and ckpt["run"]["networks"][1]["condition"]["cascade"] is True
+    stats = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
+    assert "loss_stage0_q0" in stats[-1] and "loss_stage1_q0" in stats[-1]
+    image = tmp_path / "view.png"
+    from PIL import Image
+    from pvd.data.hdf5 import DatasetConfig, ShapeDataset
+    view = ShapeDataset(DatasetConfig(path=str(data), num_points=128), "test", train=False)[0]["image"]
+    Image.fromarray(view.permute(1, 2, 0).numpy()).save(image)
+    out = tmp_path / "out"
+    assert sample.main(["--ckpt", str(run), "--image", str(image), "--category", "car", "--sampler", "ddim", "--steps", "2",
+                        "--out", str(out)]) == 0
+    import numpy as np
+    assert np.load(out / "samples.npy").shape == (1, 128, 3)

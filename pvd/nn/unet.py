@@ -265,6 +265,26 @@ def _small() -> UNetConfig:
     )
 
 
+def _quick() -> UNetConfig:
+    # The quickstart's network: 512 points, coarse voxel grids (8^3, 4^3) and no dropout, about
+    # twice the training throughput of ``small`` on a CPU for a run of minutes.
+    enc = EncoderConfig(widths=(16, 32, 64, 128), dim=128, blocks=1)
+    return UNetConfig(
+        down=(
+            DownLevel(32, 1, 8, 128, 0.25, 16, (32, 64)),
+            DownLevel(64, 1, 4, 32, 0.5, 16, (64, 128)),
+            DownLevel(0, 0, 0, 8, 1.0, 8, (128, 256)),
+        ),
+        up=(
+            UpLevel((256, 128), 128, 1, 4),
+            UpLevel((128, 64), 64, 1, 4),
+            UpLevel((64, 32), 32, 1, 8),
+        ),
+        time_dim=32, head_channels=64, dropout=0.0, encoder=enc,
+        condition=ConditionConfig(embed_dim=128, image_dim=enc.dim, token_dim=enc.dim, cross_attention_levels=2, heads=4),
+    )
+
+
 def _tiny() -> UNetConfig:
     enc = EncoderConfig(widths=(8, 16), dim=16, blocks=1)
     return UNetConfig(
@@ -282,12 +302,13 @@ def _tiny() -> UNetConfig:
     )
 
 
-PRESETS = {"pvd-paper": _paper, "pvd-paper-cond": _paper_cond, "small": _small, "tiny": _tiny}
+PRESETS = {"pvd-paper": _paper, "pvd-paper-cond": _paper_cond, "small": _small, "quick": _quick, "tiny": _tiny}
 
 
 def preset(name: str) -> UNetConfig:
     """The named config: ``pvd-paper`` (the reference, unconditional), ``pvd-paper-cond`` (the same
-    with image conditioning), ``small`` (CPU training in minutes), ``tiny`` (tests)."""
+    with image conditioning), ``small`` (CPU training in minutes), ``quick`` (the 512-point quickstart),
+    ``tiny`` (tests)."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
     return PRESETS[name]()

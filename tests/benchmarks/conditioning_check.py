@@ -40,9 +40,10 @@ def main() -> None:
     p.add_argument("--sampler", default=None)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--guidance", type=float, default=None)
+    p.add_argument("--raw-weights", action="store_true", help="the raw weights instead of the EMA")
     args = p.parse_args()
 
-    run, cfg, nets = load_run(args.run, torch.device("cpu"), raw=False)
+    run, cfg, nets = load_run(args.run, torch.device("cpu"), raw=args.raw_weights)
     data = ShapeDataset(cfg.data, args.split, train=False)
     count = min(args.num, len(data))
     batch = torch.utils.data.default_collate([data[i] for i in range(count)])
