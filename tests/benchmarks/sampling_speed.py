@@ -61,8 +61,8 @@ def main() -> None:
     print("|---|---|---|---|---|")
     with torch.no_grad():
         for name, steps in SAMPLERS:
-            cfg = DiffusionConfig(**{**base.__dict__, "sampler": name, "sampling_steps": steps})
-            stages = build(cfg, points)
+            dcfg = DiffusionConfig(**{**base.__dict__, "sampler": name, "sampling_steps": steps})
+            stages = build(dcfg, points)
             calls = [0]
 
             def counted(net):
@@ -74,9 +74,9 @@ def main() -> None:
             row = []
             for b in (1, args.batch):
                 scale = 1.0
-                if name == "ddpm" and args.ddpm_timed < cfg.num_steps:
+                if name == "ddpm" and args.ddpm_timed < dcfg.num_steps:
                     # Run K steps of the same cost by stopping the loop through the progress hook.
-                    scale = cfg.num_steps / args.ddpm_timed
+                    scale = dcfg.num_steps / args.ddpm_timed
 
                     def stop(i, n, *rest):
                         if i >= args.ddpm_timed:
@@ -93,7 +93,7 @@ def main() -> None:
                 row.append((time.perf_counter() - tic) * scale / b)
                 n_calls = round(calls[0] * scale)
             note = f" (timed {args.ddpm_timed}, scaled)" if name == "ddpm" and scale != 1.0 else ""
-            print(f"| {name} | {steps or cfg.num_steps}{note} | {n_calls} | {row[0]:.2f} | {row[1]:.2f} |")
+            print(f"| {name} | {steps or dcfg.num_steps}{note} | {n_calls} | {row[0]:.2f} | {row[1]:.2f} |")
 
 
 if __name__ == "__main__":
