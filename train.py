@@ -300,7 +300,7 @@ def load_weights(source: str, nets: list[PVDUNet], networks: list[UNetConfig]) -
         net.load_state_dict(state)
 
 
-def checkpoint_payload(record: dict[str, Any], nets, ema, optimizer, step: int, epoch: int) -> dict[str, Any]:
+def checkpoint_payload(record: dict[str, Any], nets, ema, optimizer, epoch: int) -> dict[str, Any]:
     return {"run": json.dumps(record), "epoch": epoch, "models": [n.state_dict() for n in nets],
             "ema": [n.state_dict() for n in ema] if ema is not None else None, "optimizer": optimizer.state_dict()}
 
@@ -378,7 +378,7 @@ def train(cfg: TrainConfig) -> int:
 
     def save(at_step: int, epoch: int) -> None:
         if main_process:
-            checkpoint.save(run_dir, at_step, checkpoint_payload(record, nets, ema, optimizer, at_step, epoch), cfg.keep)
+            checkpoint.save(run_dir, at_step, checkpoint_payload(record, nets, ema, optimizer, epoch), cfg.keep)
 
     def run_validation(at_step: int) -> None:
         if main_process and val_set is not None:
