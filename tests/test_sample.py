@@ -19,7 +19,6 @@ import sample
 import train
 from pvd import evaluate
 from pvd.data.hdf5 import DatasetConfig, ShapeDataset
-from pvd.data.synthetic import SyntheticConfig, write_synthetic_dataset
 from pvd.errors import UserError, run_command
 from pvd.io import save_points
 
@@ -31,12 +30,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    # 6 shapes per category: 4 train, 1 val, 1 test; 16x16 views; 400 points (266 train, 134 held out).
-    path = tmp_path_factory.mktemp("sample") / "d.h5"
-    write_synthetic_dataset(path, SyntheticConfig(per_category=6, views=2, resolution=16, num_points=400, supersample=1,
-                                                  categories=("chair", "car")), progress=False)
-    return path
+def data(pipeline_data):
+    return pipeline_data
 
 
 def trained(data, run_dir, *extra):

@@ -15,19 +15,14 @@ import torch
 
 import train
 from pvd import checkpoint
-from pvd.data.synthetic import SyntheticConfig, write_synthetic_dataset
 from pvd.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    # 6 shapes per category: 4 train, 1 val, 1 test; 400 points (266 for training, 134 held out).
-    path = tmp_path_factory.mktemp("train") / "d.h5"
-    write_synthetic_dataset(path, SyntheticConfig(per_category=6, views=2, resolution=16, num_points=400, supersample=1,
-                                                  categories=("chair", "car")), progress=False)
-    return path
+def data(pipeline_data):
+    return pipeline_data
 
 
 def args(data, run_dir, *extra):
