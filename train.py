@@ -157,7 +157,12 @@ class Objective(nn.Module):
                 cond = net.condition(images=batch["image"].to(device), **fields)
             else:
                 cond = Condition(**fields)
-            losses.append(stage.diffusion.loss(net, points, t, cond, noise=noise))
+            loss = stage.diffusion.loss(net, points, t, cond, noise=noise)
+            if self.cfg.shape_loss:
+                # The encoder sees every image, dropped conditions included.
+                coarse = net.encoder.predict_shape(cond.image)
+                loss = loss + self.cfg.shape_loss * chamfer_distance(coarse, x0.to(device))
+            losses.append(loss)
             steps.append(t)
         per_sample = torch.stack(losses)
         return per_sample.sum(0).mean(), per_sample.detach(), torch.stack(steps)

@@ -25,3 +25,59 @@ def reexec_with_malloc_settings() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, [sys.executable, *sys.argv])
+
+
+class PeakMemory:
+    """Peak memory while the ``with`` block runs, in bytes (``.peak``).
+
+    CUDA: the allocator's peak (``torch.cuda.max_memory_allocated``), reset on entry. CPU: the
+    process's resident set size, polled every ``interval`` seconds by a background thread from
+    /proc (Linux; elsewhere ``ru_maxrss``, the process's lifetime peak). RSS includes memory the
+    process already held before the block, so it is an upper bound on what the block needs.
+    """
+
+    def __init__(self, device: "torch.device | str" = "cpu", interval: float = 0.01):
+        import torch
+
+        self.device = torch.device(device)
+        self.interval = interval
+        self.peak = 0
+
+    def __enter__(self) -> "PeakMemory":
+        import threading
+
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return self
+        self._stop = threading.Event()
+        self.peak = _rss()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, _rss())
+
+    def __exit__(self, *exc) -> None:
+        import torch
+
+        if self.device.type == "cuda":
+            self.peak = int(torch.cuda.max_memory_allocated(self.device))
+            return
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss())
+
+
+def _rss() -> int:
+    """Current resident set size in bytes (the lifetime peak where /proc is missing)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -48,7 +48,8 @@ def test_bad_overrides_are_rejected(bad, message):
 
 
 @pytest.mark.parametrize("bad", ["optim.name=sgd", "optim.schedule=step", "model=huge", "condition=text", "cond_drop=1",
-                                 "batch_size=0", "optim.ema_decay=1", "model=pvd-paper"])
+                                 "batch_size=0", "optim.ema_decay=1", "model=pvd-paper",
+                                 "shape_loss=-1", "shape_points=0"])
 def test_check_rejects_inconsistent_settings(bad):
     cfg = apply_overrides(train_preset("tiny"), [bad])
     with pytest.raises(UserError):
@@ -98,6 +99,14 @@ def test_network_config_follows_the_condition():
     stage = network_config(apply_overrides(train_preset("tiny"), ["condition=none"]), 3, cascade_stage=True)
     assert stage.condition.cascade and stage.condition.image_dim == 0
     assert network_config(apply_overrides(train_preset("tiny"), ["dropout=0.0"]), 3).dropout == 0.0
+    assert both.encoder.shape_points == 0  # no shape head without its loss
+    shaped = network_config(apply_overrides(train_preset("tiny"), ["shape_loss=1", "shape_points=32"]), 3)
+    assert shaped.encoder.shape_points == 32
+
+
+def test_shape_loss_needs_image_conditioning():
+    with pytest.raises(UserError, match="shape_loss"):
+        check(apply_overrides(train_preset("tiny"), ["shape_loss=1", "condition=category"]))
 
 
 class _RunsCode:

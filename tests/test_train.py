@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -15,7 +16,11 @@ import torch
 
 import train
 from pvd import checkpoint
+from pvd.config import apply_overrides, network_config, train_preset
+from pvd.data.hdf5 import ShapeDataset
+from pvd.diffusion import build
 from pvd.errors import UserError
+from pvd.nn import PVDUNet
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -211,3 +216,33 @@ def test_cascade_trains_both_stages_and_samples(data, tmp_path):
                         "--out", str(out)]) == 0
     import numpy as np
     assert np.load(out / "samples.npy").shape == (1, 128, 3)
+
+
+def test_shape_loss_adds_the_encoder_heads_chamfer_distance(data):
+    # The objective with shape_loss = w is the plain one plus w x Chamfer(head(image vector), x0).
+    from pvd.metrics import chamfer_distance
+    cfg = apply_overrides(train_preset("tiny"), [f"data.path={data}", "shape_loss=0.5", "shape_points=16", "dropout=0.0"])
+    dataset = ShapeDataset(cfg.data, "train")
+    stages = build(cfg.diffusion, cfg.data.num_points)
+    torch.manual_seed(0)
+    net = PVDUNet(network_config(cfg, len(dataset.info.categories)))
+    assert net.encoder.shape_head is not None
+    plain = dataclasses.replace(cfg, shape_loss=0.0)
+    batch = torch.utils.data.default_collate([dataset[i] for i in range(3)])
+    with torch.no_grad():
+        total, _, _ = train.Objective([net], stages, cfg)(batch, [1, 2, 3])
+        base, _, _ = train.Objective([net], stages, plain)(batch, [1, 2, 3])
+        vector, _ = net.encoder(batch["image"])
+        coarse = net.encoder.predict_shape(vector)
+    assert coarse.shape == (3, 16, 3)
+    expected = base + 0.5 * chamfer_distance(coarse, batch["points"]).mean()
+    torch.testing.assert_close(total, expected)
+
+
+def test_shape_head_is_trained_and_checkpointed(data, tmp_path):
+    run = tmp_path / "run"
+    assert train.main(args(data, run, "shape_loss=1.0", "shape_points=8")) == 0
+    first, last = weights(run, 2)[0], weights(run, 6)[0]
+    head = [k for k in last if k.startswith("encoder.shape_head.")]
+    assert head and last["encoder.shape_head.2.weight"].shape == (24, 16)
+    assert all(not torch.equal(first[k], last[k]) for k in head)

@@ -4,7 +4,8 @@
 samplers need: the forward process ``q_sample``, the true posterior ``q_posterior``, the
 model's reverse step ``p_mean_variance`` and conversions between the model's target (eps, v
 or x0) and x0 / eps. The model is an argument, ``model(x_t, t, cond) -> (B, N, 3)``, never an
-attribute.
+attribute. Point clouds (B, N, 3) are the main case; any batch-first tensor works (the SDS
+baseline's 2D prior diffuses images (B, C, H, W)), except fixed points, which need clouds.
 
 Timesteps ``t`` are on the training scale 0..T-1. Tables are indexed at integer ``t``; a
 solver that steps between them asks for ``alpha_sigma`` at fractional ``t``, defined by linear
@@ -76,11 +77,11 @@ class GaussianDiffusion:
     # Tables at timesteps
 
     def _at(self, table: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """``table[t]`` for integer t (B,), as (B, 1, 1) in x's dtype and device."""
+        """``table[t]`` for integer t (B,), as (B, 1, ...) broadcastable to x, in x's dtype and device."""
         index = t.detach().cpu().round().long() if t.is_floating_point() else t.detach().cpu().long()
         if index.min() < 0 or index.max() >= self.num_steps:
             raise ValueError(f"timesteps must lie in 0..{self.num_steps - 1}")
-        return table[index].to(x.dtype).to(x.device).view(-1, 1, 1)
+        return table[index].to(x.dtype).to(x.device).view(-1, *[1] * (x.ndim - 1))
 
     def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """alpha = sqrt(alpha_bar) and sigma = sqrt(1 - alpha_bar) at t (B,), possibly fractional: (B,) float64, CPU."""
@@ -93,7 +94,8 @@ class GaussianDiffusion:
 
     def _alpha_sigma_like(self, t: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         a, s = self.alpha_sigma(t)
-        return a.to(x.dtype).to(x.device).view(-1, 1, 1), s.to(x.dtype).to(x.device).view(-1, 1, 1)
+        shape = (-1, *[1] * (x.ndim - 1))
+        return a.to(x.dtype).to(x.device).view(shape), s.to(x.dtype).to(x.device).view(shape)
 
     # ---------------------------------------------------------------------------------------
     # Forward process and posterior
@@ -183,7 +185,7 @@ class GaussianDiffusion:
             noise = torch.randn(free.shape, generator=generator, dtype=free.dtype, device=free.device)
         x_t = torch.cat([x0[:, :num_fixed], self.q_sample(free, t, noise)], dim=1)
         out = model(x_t, t.to(_time_dtype(x0)), cond)[:, num_fixed:]
-        mse = (out - self.target(free, t, noise)).square().mean(dim=(1, 2))
+        mse = (out - self.target(free, t, noise)).square().flatten(1).mean(dim=1)
         return mse * self.loss_weight(t).to(mse.dtype).to(mse.device)
 
 

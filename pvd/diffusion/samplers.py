@@ -39,18 +39,20 @@ Progress = Callable[[int, int], None]
 
 
 def _start(shape, fixed, generator, x_T, dtype, device) -> tuple[torch.Tensor, int]:
-    """x_T for the free points (B, N - K, 3) and K."""
-    b, n, d = shape
+    """x_T for the free points (B, N - K, 3) and K. Shapes other than clouds (images (B, C, H, W))
+    work without fixed points."""
+    shape = tuple(shape)
     k = 0 if fixed is None else fixed.shape[1]
-    if fixed is not None and (fixed.shape[0] != b or fixed.shape[2] != d or k > n):
-        raise ValueError(f"fixed points {tuple(fixed.shape)} do not fit samples of shape {tuple(shape)}")
+    if fixed is not None and (len(shape) != 3 or fixed.shape[0] != shape[0] or fixed.shape[2] != shape[2] or k > shape[1]):
+        raise ValueError(f"fixed points {tuple(fixed.shape)} do not fit samples of shape {shape}")
+    free = (shape[0], shape[1] - k, *shape[2:])
     if x_T is not None:
-        if tuple(x_T.shape) != (b, n - k, d):
-            raise ValueError(f"x_T must have shape {(b, n - k, d)}, got {tuple(x_T.shape)}")
+        if tuple(x_T.shape) != free:
+            raise ValueError(f"x_T must have shape {free}, got {tuple(x_T.shape)}")
         return x_T.to(dtype), k
     if device is None:
         device = fixed.device if fixed is not None else generator.device
-    return torch.randn((b, n - k, d), generator=generator, dtype=dtype, device=device), k
+    return torch.randn(free, generator=generator, dtype=dtype, device=device), k
 
 
 def _model_output(model: Model, x: torch.Tensor, t: float, cond: Any, guidance_scale: float, fixed) -> torch.Tensor:

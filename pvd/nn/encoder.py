@@ -15,6 +15,10 @@ class EncoderConfig:
     widths: tuple[int, ...] = (32, 64, 128, 256)
     blocks: int = 2  # residual blocks per stage
     dim: int = 256  # width of the global vector and of each token
+    # Points of an auxiliary head that regresses a coarse cloud of the shape from the global
+    # vector (0: none). Trained with a Chamfer loss (TrainConfig.shape_loss), it hands the
+    # encoder a direct 3D signal instead of only the denoiser's gradient through the condition.
+    shape_points: int = 0
 
 
 class _ResBlock(nn.Module):
@@ -50,6 +54,10 @@ class ImageEncoder(nn.Module):
         self.norm = nn.GroupNorm(min(8, w[-1]), w[-1])
         self.tokens = nn.Linear(w[-1], config.dim)
         self.vector = nn.Sequential(nn.Linear(w[-1], config.dim), nn.SiLU(), nn.Linear(config.dim, config.dim))
+        self.shape_head = None
+        if config.shape_points:
+            self.shape_head = nn.Sequential(nn.Linear(config.dim, config.dim), nn.SiLU(),
+                                            nn.Linear(config.dim, 3 * config.shape_points))
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """images: (B, 4, H, W) uint8 RGBA (or float in [0, 1]). Returns the vector (B, dim) and
@@ -59,3 +67,9 @@ class ImageEncoder(nn.Module):
         h = F.silu(self.norm(self.stages(self.stem(x * 2 - 1))))
         grid = h.flatten(2).transpose(1, 2)  # (B, T, C)
         return self.vector(grid.mean(dim=1)), self.tokens(grid)
+
+    def predict_shape(self, vector: Tensor) -> Tensor:
+        """The auxiliary head: global vector (B, dim) -> coarse cloud (B, shape_points, 3)."""
+        if self.shape_head is None:
+            raise ValueError("this encoder has no shape head (EncoderConfig.shape_points is 0)")
+        return self.shape_head(vector).unflatten(-1, (self.config.shape_points, 3))
