@@ -1,0 +1,287 @@
+"""Lift one image (or a dataset split) to 3D by score distillation.
+
+    python -m pvd.sds --prior runs/sds-prior --image chair.png --out outputs/sds
+    python -m pvd.sds --prior runs/sds-prior --data data/synth.h5 --split test --num 20 --out outputs/sds-test
+    python -m pvd.sds --data data/synth.h5 --split test --num 20 --sds-weight 0 --out outputs/ref-only
+    python -m pvd.sds --prior runs/sds-prior --data data/synth.h5 --split val --num 5 \\
+        --iterations 1500 --eval-every 50 --out outputs/sds-curve     # the quality curve
+
+Per shape NAME: NAME.ply / NAME.npy (points sampled on the mesh, world frame, like sample.py's),
+NAME.obj (the marching-cubes mesh), NAME.density.npy (the density grid), NAME.png (input |
+front | side | back renderings), with --strip NAME.strip.png (views during the optimisation),
+and records/NAME.json (wall time, peak memory, prior evaluations, failure flags and, over a
+dataset, Chamfer distance and F-score to the ground truth). A rerun into the same folder
+skips shapes whose record exists. summary.json holds every record and the means; with
+--eval-every, curve.json and curve.png plot Chamfer distance against iterations.
+
+A photo's camera is not known: it is taken on the training views' orbit (--azimuth,
+--elevation, --distance; the result's frame turns with --azimuth). Over a dataset the input
+view's stored camera is used, so results are in the dataset's world frame.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pvd.config import apply_overrides, to_dict
+from pvd.data.cameras import R2N2_FOCAL_NDC, intrinsics_from_ndc_focal
+from pvd.data.hdf5 import SPLITS, FileInfo, open_dataset_file
+from pvd.data.render import image_grid, save_png
+from pvd.errors import UserError, raise_if_interrupted, run_command
+from pvd.imageprep import prepare_photo
+from pvd.io import atomic_path, save_points
+from pvd.meshing import save_mesh
+from pvd.runtime import PeakMemory
+from pvd.sds.distill import Camera, DistillConfig, _render_numpy, density_grid, distill, silhouette_symmetry
+
+GT_POINTS = 2048  # ground-truth points scored against (a fixed, seeded subset of the stored cloud)
+JANUS_MARGIN = 0.15  # flag when the result's front/back silhouettes agree this much more than the truth's
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m pvd.sds", description=__doc__.split("\n")[0])
+    p.add_argument("--prior", help="a prior run directory or checkpoint (python -m pvd.sds.train_prior); "
+                                   "not needed with --sds-weight 0")
+    src = p.add_argument_group("input (one of)")
+    src.add_argument("--image", nargs="+", default=[], metavar="FILE", help="photos or renderings")
+    src.add_argument("--data", metavar="FILE", help="a dataset HDF5 file: lift shapes of --split from their view --view")
+    p.add_argument("--split", default="test")
+    p.add_argument("--num", type=int, default=None, help="shapes of the split (default: all)")
+    p.add_argument("--view", type=int, default=0, help="the input view of each dataset shape")
+    p.add_argument("--azimuth", type=float, default=0.0, help="a photo's assumed camera (degrees)")
+    p.add_argument("--elevation", type=float, default=27.5)
+    p.add_argument("--distance", type=float, default=1.4)
+    p.add_argument("--iterations", type=int, default=None)
+    p.add_argument("--sds-weight", type=float, default=None, help="0: reference-view losses only (the ablation)")
+    p.add_argument("--guidance", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="other DistillConfig fields, e.g. lr=0.03 field.resolution=48")
+    p.add_argument("--eval-every", type=int, default=0, help="score every K iterations (dataset input): the quality curve")
+    p.add_argument("--strip", action="store_true", help="also write a PNG strip of views during the optimisation")
+    p.add_argument("--out", default="outputs/sds")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    return p
+
+
+def make_config(args) -> DistillConfig:
+    cfg = apply_overrides(DistillConfig(), args.set)
+    for key in ("iterations", "sds_weight", "guidance", "seed"):
+        if getattr(args, key) is not None:
+            setattr(cfg, key, getattr(args, key))
+    if cfg.iterations < 1:
+        raise UserError(f"iterations must be at least 1, got {cfg.iterations}")
+    return cfg
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda but no CUDA device is available")
+    return device
+
+
+def photo_jobs(args) -> list[dict]:
+    """One job per photo: its prepared RGBA view and the assumed camera."""
+    k = intrinsics_from_ndc_focal(R2N2_FOCAL_NDC, 64, 64)
+    camera = Camera(args.azimuth, args.elevation, args.distance, tuple(map(tuple, k.tolist())), 64)
+    jobs, names = [], set()
+    for path in map(Path, args.image):
+        if not path.is_file():
+            raise UserError(f"{path}: no such image file")
+        name = path.stem
+        if name in names:
+            raise UserError(f"two inputs are named {name!r}; rename one")
+        names.add(name)
+        jobs.append({"name": name, "image": prepare_photo(path, 64).transpose(1, 2, 0), "camera": camera,
+                     "source": str(path)})
+    return jobs
+
+
+def dataset_jobs(args) -> list[dict]:
+    """One job per shape of the split: its stored view, that view's camera and the ground truth."""
+    path = Path(args.data)
+    with open_dataset_file(path) as f:
+        info = FileInfo.read(f)
+        if args.split not in SPLITS:
+            raise UserError(f"--split must be one of {', '.join(SPLITS)}, got {args.split!r}")
+        if not info.has_images or "cameras" not in f:
+            raise UserError(f"{path} has no rendered views (images and cameras)")
+        rows = np.flatnonzero(info.split == SPLITS.index(args.split))
+        if args.num is not None:
+            rows = rows[: args.num]
+        if not 0 <= args.view < f["images"].shape[1]:
+            raise UserError(f"--view {args.view} is out of range (the file has {f['images'].shape[1]} views)")
+        cams = f["cameras"]
+        jobs = []
+        for row in rows:
+            v = args.view
+            k = cams["intrinsics"][row, v]
+            camera = Camera(float(cams["azimuth"][row, v]), float(cams["elevation"][row, v]),
+                            float(cams["distance"][row, v]), tuple(map(tuple, k.tolist())), int(f["images"].shape[2]))
+            points = f["points"][row]
+            pick = np.random.default_rng(int(row)).choice(len(points), min(GT_POINTS, len(points)), replace=False)
+            back = _back_view(f, row, v)
+            jobs.append({"name": f"{args.split}-{int(row):05d}", "row": int(row), "image": f["images"][row, v],
+                         "camera": camera, "ground_truth": points[np.sort(pick)],
+                         "category": info.categories[int(info.category[row])], "gt_back_view": back})
+    return jobs
+
+
+def _back_view(f: h5py.File, row: int, view: int) -> int | None:
+    """The stored view closest to the input azimuth + 180 degrees (the truth's back silhouette
+    for the Janus reference), or None when none lies within 30 degrees."""
+    az = f["cameras"]["azimuth"][row]
+    diff = np.abs((az - az[view] - 180 + 180) % 360 - 180)
+    best = int(np.argmin(diff))
+    return best if diff[best] <= 30 else None
+
+
+def write_shape(out: Path, job: dict, result, cfg: DistillConfig, strip_frames: list[np.ndarray]) -> dict:
+    """Write one shape's files (each atomically) and return its record."""
+    name = job["name"]
+    with atomic_path(out / f"{name}.density.npy") as tmp, open(tmp, "wb") as fh:
+        np.save(fh, density_grid(result.field).detach().cpu().numpy().astype(np.float32))
+    if result.points is not None:
+        save_points(out / f"{name}.ply", result.points)
+        save_points(out / f"{name}.npy", result.points)
+        save_mesh(result.mesh, out / f"{name}.obj")
+    cam = job["camera"]
+    views = [np.asarray(job["image"], dtype=np.float32) / 255.0]
+    views += [_render_numpy(result.field, dataclasses.replace(cam, azimuth=cam.azimuth + d), cfg) for d in (0, 90, 180)]
+    tiles = [_to_uint8(v, cfg.ref_size) for v in views]
+    save_png(out / f"{name}.png", image_grid(tiles, columns=len(tiles)))
+    if strip_frames:
+        save_png(out / f"{name}.strip.png", image_grid(strip_frames, columns=4))
+    return {"name": name, "source": job.get("source", f"row {job.get('row')}"), "category": job.get("category"),
+            "empty": result.points is None}
+
+
+def _to_uint8(rgba: np.ndarray, size: int) -> np.ndarray:
+    """(H, W, 4) float in [0, 1] -> (size, size, 4) uint8 (nearest resize for the input view)."""
+    img = np.clip(np.asarray(rgba) * 255 + 0.5, 0, 255).astype(np.uint8)
+    if img.shape[0] != size:
+        idx = (np.arange(size) * img.shape[0] / size).astype(int)
+        img = img[idx][:, idx]
+    return img
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if bool(args.image) == bool(args.data):
+        raise UserError("give either --image FILE ... or --data FILE")
+    if args.eval_every and not args.data:
+        raise UserError("--eval-every scores against the ground truth: it needs --data")
+    cfg = make_config(args)
+    device = pick_device(args.device)
+    prior = diffusion = None
+    if cfg.sds_weight > 0:
+        if not args.prior:
+            raise UserError("--prior is needed unless --sds-weight 0")
+        from pvd.sds.prior import load_prior
+        prior, diffusion, _ = load_prior(args.prior)
+        prior.to(device).eval()
+    jobs = photo_jobs(args) if args.image else dataset_jobs(args)
+    if not jobs:
+        raise UserError("no shapes to lift")
+    out = Path(args.out)
+    (out / "records").mkdir(parents=True, exist_ok=True)
+    records = []
+    bar = tqdm(jobs, desc="sds", unit="shape", dynamic_ncols=True)
+    for job in bar:
+        record_path = out / "records" / f"{job['name']}.json"
+        if record_path.is_file():  # finished by an earlier run
+            records.append(json.loads(record_path.read_text()))
+            continue
+        frames: list[np.ndarray] = []
+        every = max(cfg.iterations // 8, 1)
+
+        def strip(it: int, field) -> None:
+            if args.strip and it % every == 0:
+                cam = job["camera"]
+                frames.extend(_to_uint8(_render_numpy(field, dataclasses.replace(cam, azimuth=cam.azimuth + d), cfg),
+                                        cfg.ref_size) for d in (0, 90, 180, 270))
+
+        with PeakMemory(device) as memory:
+            result = distill(prior, diffusion, np.asarray(job["image"]), job["camera"], cfg,
+                             ground_truth=job.get("ground_truth"), eval_every=args.eval_every or
+                             (cfg.iterations if "ground_truth" in job else 0), strip=strip, device=device)
+        raise_if_interrupted()
+        record = write_shape(out, job, result, cfg, frames)
+        record.update(seconds=result.seconds, prior_evaluations=result.evaluations, peak_memory_mb=memory.peak / 2**20,
+                      iterations=cfg.iterations, history=result.history, **result.failures)
+        if result.history:
+            record.update(cd=result.history[-1]["cd"], f1=result.history[-1]["f1"])
+        record["janus"] = None  # unknown without a stored view of the truth's back
+        if job.get("gt_back_view") is not None:
+            with open_dataset_file(args.data) as f:
+                masks = f["images"][job["row"], [args.view, job["gt_back_view"]], :, :, 3] > 127
+            record["gt_silhouette_symmetry"] = silhouette_symmetry(masks[0], masks[1])
+            record["janus"] = bool(record["silhouette_symmetry"] - record["gt_silhouette_symmetry"] > JANUS_MARGIN)
+        with atomic_path(record_path) as tmp:
+            Path(tmp).write_text(json.dumps(record, indent=1))
+        records.append(record)
+        bar.set_postfix(s=f"{result.seconds:.0f}", cd=f"{record.get('cd', math.nan):.4f}")
+    write_summary(out, records, cfg, args)
+    print(f"wrote {len(records)} shape(s) to {out}/ (summary.json)")
+    return 0
+
+
+def write_summary(out: Path, records: list[dict], cfg: DistillConfig, args) -> None:
+    def mean(key: str) -> float | None:
+        values = [r[key] for r in records if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+        return float(np.mean(values)) if values else None
+
+    summary = {"config": to_dict(cfg), "prior": args.prior, "device": str(pick_device(args.device)),
+               "shapes": len(records), "mean": {k: mean(k) for k in ("cd", "f1", "seconds", "peak_memory_mb")},
+               "failures": {k: int(sum(bool(r.get(k)) for r in records)) for k in ("empty", "floaters", "janus")},
+               "records": records}
+    with atomic_path(out / "summary.json") as tmp:
+        Path(tmp).write_text(json.dumps(summary, indent=1))
+    if args.eval_every:
+        write_curve(out, records)
+
+
+def write_curve(out: Path, records: list[dict]) -> None:
+    """curve.json and curve.png: mean (over shapes) Chamfer distance and F-score per iteration."""
+    iters = sorted({h["iteration"] for r in records for h in r["history"]})
+    rows = []
+    for it in iters:
+        cds = [h["cd"] for r in records for h in r["history"] if h["iteration"] == it and math.isfinite(h["cd"])]
+        f1s = [h["f1"] for r in records for h in r["history"] if h["iteration"] == it]
+        secs = [h["seconds"] for r in records for h in r["history"] if h["iteration"] == it]
+        rows.append({"iteration": it, "cd": float(np.mean(cds)) if cds else None, "f1": float(np.mean(f1s)),
+                     "seconds": float(np.mean(secs)), "shapes": len(f1s)})
+    with atomic_path(out / "curve.json") as tmp:
+        Path(tmp).write_text(json.dumps(rows, indent=1))
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.4))
+    ax[0].plot([r["iteration"] for r in rows], [r["cd"] for r in rows], marker=".")
+    ax[0].set(xlabel="iteration", ylabel="Chamfer distance (squared)", title=f"mean over {len(records)} shapes")
+    ax[1].plot([r["iteration"] for r in rows], [r["f1"] for r in rows], marker=".", color="C1")
+    ax[1].set(xlabel="iteration", ylabel="F-score @ 1%")
+    fig.tight_layout()
+    with atomic_path(out / "curve.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(run_command(main))

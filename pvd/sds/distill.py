@@ -1,0 +1,295 @@
+"""Score distillation from one image: fit a voxel radiance field to an input view and to a
+view-conditioned 2D diffusion prior's scores on random novel views (the lifting baseline).
+
+Each iteration (Poole et al. 2022, DreamFusion; Liu et al. 2023, Zero-1-to-3; Wang et al.
+2023, SJC):
+- reference view: the field rendered from the input camera is pulled to the input image by
+  an RGB MSE and a mask (alpha) MSE;
+- novel view: a camera on the training views' orbit at a random azimuth is rendered at the
+  prior's resolution, noised to a random t, and the prior, conditioned on the input view and
+  the relative camera, predicts the noise with classifier-free guidance; the rendering gets the
+  gradient w(t) (eps_hat - eps), with no gradient through the prior, written as the loss
+  0.5 ||x - (x - grad).detach()||^2 / B;
+- regularisers: opacity entropy (crisp silhouettes), sparsity (no fog), total variation.
+t ~ U[t_min, t_max] with t_max annealed linearly from ``t_max`` to ``t_max_end``, w(t) = 1 -
+alpha_bar_t. ``sds_weight = 0`` is the reference-view-only ablation the acceptance compares to.
+
+The result is in the world frame of the cameras (ShapeNet's canonical frame, bounding-box
+diagonal 1 for the dataset's shapes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+import trimesh
+from scipy import ndimage
+from torch import Tensor
+
+from pvd.data.cameras import orbit_extrinsics
+from pvd.metrics import chamfer_distance, f_score
+from pvd.sds import volume
+from pvd.sds.prior import ViewCondition, predict_eps, relative_camera, to_prior_image
+from pvd.sds.volume import FieldConfig, VoxelField
+
+
+@dataclass(frozen=True)
+class Camera:
+    """One orbit camera: azimuth and elevation in degrees, distance in world units, and the
+    (3, 3) pixel intrinsics of an image of ``size`` x ``size`` pixels."""
+
+    azimuth: float
+    elevation: float
+    distance: float
+    intrinsics: tuple[tuple[float, ...], ...]
+    size: int
+
+    def tensors(self, size: int) -> tuple[Tensor, Tensor]:
+        """(intrinsics (1, 3, 3), extrinsics (1, 4, 4)) float32 for a ``size`` x ``size`` rendering."""
+        k = volume.scale_intrinsics(torch.tensor(self.intrinsics, dtype=torch.float32)[None], size / self.size)
+        e = torch.from_numpy(orbit_extrinsics(self.azimuth, self.elevation, self.distance)).float()[None]
+        return k, e
+
+
+@dataclass
+class DistillConfig:
+    """The optimisation of one shape. Defaults: chosen where the quality curve of
+    ``python -m pvd.sds curve`` flattens (see the README)."""
+
+    iterations: int = 400
+    field: FieldConfig = field(default_factory=FieldConfig)
+    lr: float = 0.05  # Adam on the raw grids
+    ref_size: int = 64  # reference-view rendering (the input image is resized to it)
+    num_samples: int = 64  # ray-marching samples per ray
+    novel_views: int = 1  # novel views per iteration
+    sds_weight: float = 1.0  # 0: the reference-view-only ablation
+    rgb_weight: float = 500.0
+    mask_weight: float = 200.0
+    entropy_weight: float = 1.0
+    sparsity_weight: float = 0.5
+    tv_weight: float = 0.0
+    guidance: float = 3.0  # Zero-1-to-3's range is 3-5 (REFERENCE section 3)
+    t_min: float = 0.02
+    t_max: float = 0.98
+    t_max_end: float = 0.5  # t_max is annealed linearly to this over the run
+    grad_clip: float = 1.0  # SDS gradient clamped per pixel to [-c, c] (0: off)
+    elevation_range: tuple[float, float] = (25.0, 30.0)  # novel views: the training views' orbit
+    distance_range: tuple[float, float] = (1.15, 1.65)
+    blob_radius: float = 0.3  # initial density: a soft ball (DreamFusion's density blob)
+    blob_depth: float = 3.0  # its optical depth per cell at the centre (surface at radius ~0.23)
+    surface_opacity: float = 0.5  # mesh iso-level: a cell's opacity across its width
+    num_points: int = 2048  # points sampled on the mesh
+    seed: int = 0
+
+
+@dataclass
+class DistillResult:
+    field: VoxelField
+    mesh: trimesh.Trimesh | None  # None when the grid holds no surface
+    points: np.ndarray | None  # (num_points, 3) float32 world frame, None when empty
+    failures: dict[str, float | bool]
+    history: list[dict[str, float]]  # per evaluation: iteration, seconds, cd, f1 (when a ground truth was given)
+    seconds: float  # optimisation wall time (evaluations excluded)
+    evaluations: int  # prior calls (guided calls count once per image)
+
+
+def density_grid(field: VoxelField) -> Tensor:
+    """(R, R, R) density sigma (1/world units) at the cell centres, indexed [x, y, z] over
+    [-bound, bound]^3 (see :mod:`pvd.sds.volume`)."""
+    return field.cell_depth(field.density[0, 0]) / field.voxel_size
+
+
+def _init_blob(field: VoxelField, cfg: DistillConfig) -> None:
+    """Raise the density in a soft ball at the centre (optical depth per cell falling linearly
+    from ``blob_depth`` to the field's faint fog at ``blob_radius``), so the first renderings
+    see an object and every view has gradients."""
+    r = field.config.resolution
+    centres = (torch.arange(r, dtype=torch.float32) + 0.5) * field.voxel_size - field.bound
+    radius = (centres[:, None, None] ** 2 + centres[None, :, None] ** 2 + centres[None, None, :] ** 2).sqrt()
+    depth = (cfg.blob_depth * (1 - radius / cfg.blob_radius)).clamp(min=1e-4)
+    x = torch.log(torch.expm1(depth)) if field.config.density_activation == "softplus" else torch.log(depth)
+    with torch.no_grad():
+        field.density.copy_((x - field.config.density_bias).clamp(min=0.0).to(field.density)[None, None])
+
+
+def _novel_camera(ref: Camera, cfg: DistillConfig, g: torch.Generator) -> Camera:
+    u = torch.rand(3, generator=g).tolist()
+    lo, hi = cfg.elevation_range
+    dlo, dhi = cfg.distance_range
+    return dataclasses.replace(ref, azimuth=ref.azimuth + 360 * u[0], elevation=lo + (hi - lo) * u[1],
+                               distance=dlo + (dhi - dlo) * u[2])
+
+
+def _prior_input(rendered: dict[str, Tensor]) -> Tensor:
+    """A rendering (white background) as the prior's (B, 4, S, S) image in [-1, 1]."""
+    return torch.cat([rendered["rgb"], rendered["alpha"]], dim=1) * 2 - 1
+
+
+def distill(prior, diffusion, image: np.ndarray, camera: Camera, cfg: DistillConfig, *,
+            ground_truth: np.ndarray | None = None, eval_every: int = 0,
+            progress: Callable[[int, int], None] | None = None,
+            strip: Callable[[int, VoxelField], None] | None = None, device: torch.device | str = "cpu") -> DistillResult:
+    """Optimise a voxel field for one input view.
+
+    prior, diffusion: from :func:`pvd.sds.prior.load_prior` (unused when sds_weight is 0).
+    image: (H, W, 4) uint8 RGBA input view (alpha = object mask). camera: its camera.
+    ground_truth: (M, 3) world-frame points; with ``eval_every`` > 0 the history records CD and
+    F-score every ``eval_every`` iterations (for the quality curve).
+    """
+    device = torch.device(device)
+    g = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    field = VoxelField(cfg.field).to(device)
+    _init_blob(field, cfg)
+    opt = torch.optim.Adam(field.parameters(), lr=cfg.lr)
+
+    ref_k, ref_e = (x.to(device) for x in camera.tensors(cfg.ref_size))
+    ref = to_prior_image(image[None], cfg.ref_size).to(device)  # (1, 4, R, R), white background, [-1, 1]
+    ref_rgb, ref_alpha = (ref[:, :3] + 1) / 2, (ref[:, 3:] + 1) / 2
+    use_sds = cfg.sds_weight > 0
+    if use_sds:
+        size = prior.config.image_size
+        cond_view = to_prior_image(image[None], size).to(device).expand(cfg.novel_views, -1, -1, -1)
+    history: list[dict[str, float]] = []
+    seconds, evaluations = 0.0, 0
+    for it in range(cfg.iterations):
+        tic = time.perf_counter()
+        out = volume.render(field, ref_k, ref_e, cfg.ref_size, cfg.ref_size, num_samples=cfg.num_samples, generator=g)
+        loss = cfg.rgb_weight * (out["rgb"] - ref_rgb).square().mean() + cfg.mask_weight * (out["alpha"] - ref_alpha).square().mean()
+        alpha_all = [out["alpha"]]
+        if use_sds:
+            cams = [_novel_camera(camera, cfg, g) for _ in range(cfg.novel_views)]
+            ks, es = zip(*(c.tensors(size) for c in cams))
+            novel = volume.render(field, torch.cat(ks).to(device), torch.cat(es).to(device), size, size,
+                                  num_samples=cfg.num_samples, generator=g)
+            alpha_all.append(novel["alpha"].flatten(1))
+            x = _prior_input(novel)
+            t_max = cfg.t_max + (cfg.t_max_end - cfg.t_max) * it / max(cfg.iterations - 1, 1)
+            frac = cfg.t_min + (t_max - cfg.t_min) * torch.rand(len(cams), generator=g)
+            t = (frac * (diffusion.num_steps - 1)).round().long()
+            noise = torch.randn(x.shape, generator=g).to(device)
+            rel = relative_camera(*(torch.full((len(cams),), v, dtype=torch.float32) for v in
+                                    (camera.elevation, camera.azimuth, camera.distance)),
+                                  torch.tensor([c.elevation for c in cams]), torch.tensor([c.azimuth for c in cams]),
+                                  torch.tensor([c.distance for c in cams])).to(device)
+            with torch.no_grad():
+                x_t = diffusion.q_sample(x.detach(), t, noise)
+                eps_hat = predict_eps(prior, diffusion, x_t, t, ViewCondition(input_view=cond_view, camera=rel), cfg.guidance)
+            evaluations += len(cams)
+            loss = loss + cfg.sds_weight * sds_loss(x, sds_gradient(diffusion, eps_hat, noise, t, cfg.grad_clip))
+        alpha = torch.cat([a.flatten() for a in alpha_all])
+        loss = loss + cfg.entropy_weight * volume.opacity_entropy(alpha) + cfg.sparsity_weight * volume.sparsity(alpha)
+        if cfg.tv_weight:
+            loss = loss + cfg.tv_weight * volume.density_tv(field)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        seconds += time.perf_counter() - tic
+        if progress is not None:
+            progress(it + 1, cfg.iterations)
+        if strip is not None:
+            strip(it + 1, field)
+        if ground_truth is not None and eval_every and ((it + 1) % eval_every == 0 or it + 1 == cfg.iterations):
+            history.append({"iteration": it + 1, "seconds": seconds, **score(field, cfg, ground_truth)})
+    mesh, points = surface(field, cfg)
+    return DistillResult(field=field, mesh=mesh, points=points, failures=failure_report(field, cfg, camera),
+                         history=history, seconds=seconds, evaluations=evaluations)
+
+
+def sds_gradient(diffusion, eps_hat: Tensor, noise: Tensor, t: Tensor, clip: float = 0.0) -> Tensor:
+    """The SDS gradient w(t) (eps_hat - eps) (B, C, H, W), w(t) = 1 - alpha_bar_t, NaNs zeroed and,
+    with ``clip`` > 0, each element clamped to [-clip, clip]. t: (B,) integer timesteps."""
+    w = (1 - diffusion.alphas_cumprod[t.cpu()]).to(eps_hat).view(-1, *[1] * (eps_hat.ndim - 1))
+    grad = torch.nan_to_num(w * (eps_hat - noise))
+    return grad.clamp(-clip, clip) if clip > 0 else grad
+
+
+def sds_loss(x: Tensor, grad: Tensor) -> Tensor:
+    """A scalar whose gradient with respect to the renderings x (B, ...) is grad / B: the SDS
+    update without differentiating through the prior (0.5 ||x - (x - grad).detach()||^2 / B)."""
+    return 0.5 * (x - (x - grad).detach()).square().sum() / x.shape[0]
+
+
+def surface(field: VoxelField, cfg: DistillConfig) -> tuple[trimesh.Trimesh | None, np.ndarray | None]:
+    """The marching-cubes mesh of the density at the surface level and ``num_points`` points
+    sampled on it (seeded); (None, None) when the grid holds no surface."""
+    mesh = volume.extract_mesh(field, cfg.surface_opacity)
+    if mesh.is_empty or not mesh.area > 0:
+        return None, None
+    return mesh, volume.sample_surface_points(mesh, cfg.num_points, cfg.seed)
+
+
+def score(field: VoxelField, cfg: DistillConfig, ground_truth: np.ndarray) -> dict[str, float]:
+    """Chamfer distance (squared) and F-score at 1% of the unit bounding-box diagonal to the
+    ground truth (M, 3); inf and 0 when the field is empty."""
+    _, points = surface(field, cfg)
+    if points is None:
+        return {"cd": math.inf, "f1": 0.0}
+    a, b = torch.from_numpy(points)[None].float(), torch.as_tensor(ground_truth, dtype=torch.float32)[None]
+    return {"cd": float(chamfer_distance(a, b)), "f1": float(f_score(a, b, 0.01))}
+
+
+def failure_report(field: VoxelField, cfg: DistillConfig, camera: Camera, *, empty_fraction: float = 1e-4,
+                   floater_fraction: float = 0.05) -> dict[str, float | bool]:
+    """Detect the known failure modes of score distillation, per shape.
+
+    empty: fewer than ``empty_fraction`` of the voxels are above the surface level.
+    floaters: the share of occupied voxels outside the largest connected component
+    (26-connectivity) exceeds ``floater_fraction``.
+    janus_score: how much the back view (the input azimuth + 180 degrees, mirrored) looks like
+    the front: IoU of the two silhouettes times one minus the mean RGB difference inside them.
+    A shape whose two sides mirror each other scores high legitimately, so the caller compares
+    it with the ground truth's silhouettes (:func:`silhouette_symmetry`) to flag duplication.
+    """
+    with torch.no_grad():
+        occupied = (field.cell_opacity() > cfg.surface_opacity).cpu().numpy()
+    total = int(occupied.sum())
+    report: dict[str, float | bool] = {"occupied_fraction": total / occupied.size}
+    report["empty"] = bool(report["occupied_fraction"] < empty_fraction)
+    if total:
+        labels, count = ndimage.label(occupied, structure=np.ones((3, 3, 3)))
+        largest = np.bincount(labels.ravel())[1:].max()
+        report["floater_fraction"] = float(1 - largest / total)
+        report["components"] = int(count)
+    else:
+        report["floater_fraction"], report["components"] = 0.0, 0
+    report["floaters"] = bool(report["floater_fraction"] > floater_fraction)
+    front, back = (_render_numpy(field, dataclasses.replace(camera, azimuth=camera.azimuth + d), cfg) for d in (0.0, 180.0))
+    back = back[:, ::-1]  # mirror: a copied front appears mirrored from behind
+    report["janus_score"] = _view_similarity(front, back)
+    report["silhouette_symmetry"] = _mask_iou(front[..., 3] > 0.5, back[..., 3] > 0.5)
+    return report
+
+
+def _render_numpy(field: VoxelField, camera: Camera, cfg: DistillConfig) -> np.ndarray:
+    """(S, S, 4) float RGBA in [0, 1] (white background) at the reference size."""
+    k, e = (x.to(field.density.device) for x in camera.tensors(cfg.ref_size))
+    with torch.no_grad():
+        out = volume.render(field, k, e, cfg.ref_size, cfg.ref_size, num_samples=cfg.num_samples)
+    return torch.cat([out["rgb"], out["alpha"]], dim=1)[0].permute(1, 2, 0).cpu().numpy()
+
+
+def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 0.0
+
+
+def _view_similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of the silhouettes x (1 - mean absolute RGB difference on their intersection)."""
+    ma, mb = a[..., 3] > 0.5, b[..., 3] > 0.5
+    both = ma & mb
+    if not both.any():
+        return 0.0
+    return _mask_iou(ma, mb) * (1 - float(np.abs(a[both, :3] - b[both, :3]).mean()))
+
+
+def silhouette_symmetry(masks_front: np.ndarray, masks_back: np.ndarray) -> float:
+    """IoU of a front silhouette (H, W) bool and the mirrored back one (H, W) bool: the
+    ground-truth reference for ``failure_report``'s ``silhouette_symmetry``."""
+    return _mask_iou(masks_front, masks_back[:, ::-1])

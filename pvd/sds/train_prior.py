@@ -1,0 +1,240 @@
+"""Train the SDS baseline's view-conditioned 2D prior on a dataset's renderings.
+
+    python -m pvd.sds.train_prior                                   # data/synth.h5 -> runs/sds-prior
+    python -m pvd.sds.train_prior data=data/synth.h5 max_steps=3000 run_dir=runs/my-prior
+    python -m pvd.sds.train_prior run_dir=runs/my-prior resume=true
+
+Arguments are ``key=value`` on the fields of ``pvd.sds.prior.PriorTrainConfig`` (``model.channels=32,64,64``,
+``diffusion.mean_type=eps``). A training pair is two distinct views of one train-split shape:
+the input view conditions, the target view is diffused, and their relative camera comes from
+the stored elevation, azimuth and distance (no flips: a mirrored image would contradict its
+camera). Every draw of a sample (shape, views, timestep, noise, condition drop) is keyed to
+(seed, step, sample index) and dropout to (seed, step), so a resumed run ends bitwise equal
+(on CPU) to one that never stopped. Output: RUN/config.json, RUN/stats.jsonl, RUN/checkpoints/.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from pvd import checkpoint
+from pvd.config import apply_overrides, to_dict
+from pvd.data.hdf5 import SPLITS, open_dataset_file
+from pvd.diffusion import GaussianDiffusion, make_diffusion
+from pvd.errors import UserError, run_command
+from pvd.runtime import reexec_with_malloc_settings
+from pvd.sds.prior import (RUN_KEY, PriorTrainConfig, ViewCondition, ViewPrior, check_config, relative_camera, stored_config,
+                           to_prior_image)
+
+# Fields a resumed run may change: they do not alter the weights it computes up to a step.
+RESUMABLE = {"max_steps", "run_dir", "resume", "log_every", "ckpt_every", "keep", "threads"}
+_READ_SHAPES = 100  # shapes per HDF5 read while converting views (bounds the uint8 buffer)
+
+
+@dataclass
+class ViewSet:
+    """One split's views as prior images, in memory.
+
+    images: (S, V, 4, s, s) float32 in [-1, 1]; elevation, azimuth (degrees) and distance:
+    (S, V) float64; rows: (S,) the shapes' rows in the file.
+    """
+
+    images: torch.Tensor
+    elevation: np.ndarray
+    azimuth: np.ndarray
+    distance: np.ndarray
+    rows: np.ndarray
+
+    def camera(self, shape: np.ndarray, src: np.ndarray, dst: np.ndarray) -> torch.Tensor:
+        """Relative cameras (B, 4) from view ``src`` to view ``dst`` of each ``shape`` (all (B,) indices)."""
+        return relative_camera(self.elevation[shape, src], self.azimuth[shape, src], self.distance[shape, src],
+                               self.elevation[shape, dst], self.azimuth[shape, dst], self.distance[shape, dst])
+
+
+def read_views(path: str | os.PathLike, split: str, size: int) -> ViewSet:
+    """The views and cameras of ``split`` (train | val | test) of a pvd HDF5 file, at size x size."""
+    if split not in SPLITS:
+        raise UserError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    with open_dataset_file(path) as f:
+        if "images" not in f or "cameras" not in f:
+            raise UserError(f"{path} has no images and cameras to train a view prior on")
+        rows = np.flatnonzero(f["split"][:] == SPLITS.index(split))
+        if len(rows) == 0:
+            raise UserError(f"{path} has no {split} shapes")
+        _, num_views, height, width, _ = f["images"].shape
+        if num_views < 2:
+            raise UserError(f"{path} has {num_views} view per shape; view pairs need at least 2")
+        if height != width or height % size:
+            raise UserError(f"{path} has {height}x{width} views, which do not area-downsample to model.image_size={size}")
+        images = torch.empty(len(rows), num_views, 4, size, size)
+        for start in range(0, len(rows), _READ_SHAPES):
+            block = rows[start : start + _READ_SHAPES]
+            views = f["images"][block[0] : block[-1] + 1][block - block[0]]  # one contiguous read per block
+            images[start : start + len(block)] = to_prior_image(views.reshape(-1, height, width, 4), size).view(
+                len(block), num_views, 4, size, size)
+        cams = {k: f["cameras"][k][:][rows].astype(np.float64) for k in ("elevation", "azimuth", "distance")}
+    return ViewSet(images, cams["elevation"], cams["azimuth"], cams["distance"], rows)
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (SeedSequence mixes them; no two keys collide in practice)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def training_batch(views: ViewSet, diffusion: GaussianDiffusion, keys: list[int], cond_drop: float
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, ViewCondition]:
+    """(target views x0 (B, 4, s, s), timesteps t (B,), noise (B, 4, s, s), condition), one sample per key.
+
+    A sample: a random shape, two distinct random views of it (input, target), t, noise and
+    whether the condition is dropped, all drawn from a generator seeded by its key.
+    """
+    num_shapes, num_views = views.images.shape[:2]
+    shape, src, dst, t, noise, drop = [], [], [], [], [], []
+    for key in keys:
+        g = torch.Generator().manual_seed(key)
+        shape.append(int(torch.randint(num_shapes, (), generator=g)))
+        src.append(int(torch.randint(num_views, (), generator=g)))
+        dst.append((src[-1] + int(torch.randint(1, num_views, (), generator=g))) % num_views)  # never src
+        t.append(diffusion.sample_t(1, generator=g))
+        noise.append(torch.randn(views.images.shape[2:], generator=g))
+        drop.append(bool(torch.rand((), generator=g) < cond_drop))
+    shape, src, dst = np.array(shape), np.array(src), np.array(dst)
+    cond = ViewCondition(views.images[shape, src], views.camera(shape, src, dst), torch.tensor(drop))
+    return views.images[shape, dst], torch.cat(t), torch.stack(noise), cond
+
+
+def use_bf16(cfg: PriorTrainConfig) -> bool:
+    """Whether the steps run under bf16 autocast: ``cfg.bf16``, or when None, whether the CPU has AMX."""
+    if cfg.bf16 is not None:
+        return cfg.bf16
+    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+
+
+def learning_rate(cfg: PriorTrainConfig, step: int) -> float:
+    """Linear warmup, then cosine decay to lr * min_lr_ratio at max_steps (a pure function of the step)."""
+    factor = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+    progress = min(1.0, max(0.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)))
+    return cfg.lr * factor * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def parse_config(argv: list[str]) -> PriorTrainConfig:
+    """``key=value`` overrides on the defaults; with resume=true, on the run's stored config."""
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        sys.exit(0)
+    cfg = apply_overrides(PriorTrainConfig(), argv)
+    if cfg.resume:
+        saved = stored_config(checkpoint.load(cfg.run_dir))
+        resumed = apply_overrides(copy.deepcopy(saved), argv)
+        before, after = to_dict(saved), to_dict(resumed)
+        changed = [k for k in before if k not in RESUMABLE and before[k] != after[k]]
+        if changed:
+            raise UserError(f"a resumed run keeps its config; cannot change {changed[0]}")
+        cfg = resumed
+    check_config(cfg)
+    return cfg
+
+
+def train(cfg: PriorTrainConfig) -> Path:
+    """Run the training loop of ``cfg``; returns the last checkpoint's path."""
+    run_dir = Path(cfg.run_dir)
+    if not cfg.resume and checkpoint.list_checkpoints(run_dir):
+        raise UserError(f"{run_dir} already holds a run: resume=true continues it, or choose another run_dir")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    bf16 = use_bf16(cfg)
+    views = read_views(cfg.data, "train", cfg.model.image_size)
+    diffusion = make_diffusion(cfg.diffusion)
+    torch.manual_seed(cfg.seed)
+    model = ViewPrior(cfg.model)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    record = json.dumps({RUN_KEY: to_dict(cfg)})
+    step = 0
+    if cfg.resume:
+        ckpt = checkpoint.load(run_dir)
+        model.load_state_dict(ckpt["model"])
+        ema.load_state_dict(ckpt["ema"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        step = ckpt["step"]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not cfg.resume:
+        (run_dir / "stats.jsonl").unlink(missing_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(json.loads(record), indent=2) + "\n")
+    params = sum(p.numel() for p in model.parameters())
+    tqdm.write(f"{'resuming' if cfg.resume else 'training'} the view prior, {params:,} parameters, {torch.get_num_threads()} "
+               f"threads{', bf16' if bf16 else ''}: {views.images.shape[0]} shapes x {views.images.shape[1]} views at {cfg.model.image_size}px, "
+               f"steps {step}..{cfg.max_steps} -> {run_dir}")
+
+    def save(at_step: int) -> Path:
+        payload = {"run": record, "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict()}
+        return checkpoint.save(run_dir, at_step, payload, cfg.keep)
+
+    bar = tqdm(total=cfg.max_steps, initial=step, unit="step", dynamic_ncols=True)
+    window = {"loss": 0.0, "count": 0, "start": time.perf_counter(), "quartiles": np.zeros((4, 2))}
+    path = None
+    while step < cfg.max_steps:
+        torch.manual_seed(derive_seed(cfg.seed, step))  # dropout
+        lr = learning_rate(cfg, step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        keys = [derive_seed(cfg.seed, step, i) for i in range(cfg.batch_size)]
+        x0, t, noise, cond = training_batch(views, diffusion, keys, cfg.cond_drop)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            per_sample = diffusion.loss(model, x0, t, cond, noise=noise)
+        loss = per_sample.mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        decay = min(cfg.ema_decay, (1 + step) / (10 + step))  # a short warm-up of the average
+        with torch.no_grad():
+            for e_p, p in zip(ema.parameters(), model.parameters()):
+                e_p.lerp_(p, 1 - decay)
+        step += 1
+        bar.update(1)
+
+        window["loss"] += loss.item()
+        window["count"] += 1
+        quartile = (t * 4 // diffusion.num_steps).clamp(max=3)
+        for q in range(4):
+            window["quartiles"][q] += (float(per_sample.detach()[quartile == q].sum()), int((quartile == q).sum()))
+        if step % cfg.log_every == 0 or step == cfg.max_steps:
+            elapsed = time.perf_counter() - window["start"]
+            entry = {"step": step, "loss": window["loss"] / window["count"], "lr": lr,
+                     "samples_per_s": window["count"] * cfg.batch_size / elapsed}
+            for q, (total, count) in enumerate(window["quartiles"]):
+                entry[f"loss_q{q}"] = total / count if count else None
+            with open(run_dir / "stats.jsonl", "a") as f:
+                f.write(json.dumps(entry) + "\n")
+            tqdm.write(f"step {step}/{cfg.max_steps} loss {entry['loss']:.4f} lr {lr:.2e} {entry['samples_per_s']:.1f} samples/s")
+            window.update(loss=0.0, count=0, start=time.perf_counter(), quartiles=np.zeros((4, 2)))
+        if step % cfg.ckpt_every == 0 or step == cfg.max_steps:
+            path = save(step)
+    bar.close()
+    path = path or checkpoint.list_checkpoints(run_dir)[-1]
+    tqdm.write(f"done: {path}")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    train(parse_config(sys.argv[1:] if argv is None else argv))
+    return 0
+
+
+if __name__ == "__main__":
+    reexec_with_malloc_settings()  # CPU steps faster (pvd.runtime)
+    run_command(main)
