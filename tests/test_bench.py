@@ -1,0 +1,195 @@
+"""bench.py end to end on the tiny dataset with tiny trained models: every output, finite and
+consistent numbers, a rerun that skips finished shapes, the same quality numbers from a fresh
+folder, and bad input as one line with exit code 2."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import bench
+import train
+from pvd.errors import UserError
+from pvd.pfid import ClassifierConfig, save_classifier, train_classifier
+from pvd.sds import train_prior
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def models(pipeline_data, tmp_path_factory):
+    """One-step tiny runs (the plumbing, not the shapes): single stage, a 64 -> 128 cascade, the
+    SDS prior and the P-FID classifier."""
+    root = tmp_path_factory.mktemp("bench-models")
+    data = str(pipeline_data)
+    assert train.main(["tiny", f"data.path={data}", f"run_dir={root / 'single'}", "max_steps=1"]) == 0
+    assert train.main(["tiny", f"data.path={data}", f"run_dir={root / 'cascade'}", "max_steps=1",
+                       "diffusion.cascade=default", 'diffusion.cascade.stages=[{"num_points":64},{"num_points":128}]']) == 0
+    train_prior.main([f"data={data}", f"run_dir={root / 'prior'}", "model.image_size=8", "model.channels=8,16",
+                      "model.heads=2", "model.embed_dim=16", "batch_size=4", "max_steps=1", "log_every=1", "warmup_steps=1"])
+    model, record = train_classifier(data, ClassifierConfig(widths=(8, 16), feature_dim=8, num_points=64, epochs=1,
+                                                            batch_size=4), log=lambda *a: None)
+    save_classifier(model, record, root / "pfid")
+    return {"data": data, "single": str(root / "single"), "cascade": str(root / "cascade"),
+            "prior": str(root / "prior"), "pfid": str(root / "pfid")}
+
+
+def args(models, out, *extra):
+    return ["--data", models["data"], "--pvd", models["single"], "--pvd-cascade", models["cascade"],
+            "--sds", models["prior"], "--pfid", models["pfid"], "--out", str(out), "--num", "2", "--sds-num", "1",
+            "--sampler", "ddim", "--steps", "2", "--steps-curve", "ddim:1,2", "--guidance-curve", "1,2",
+            "--curve-num", "2", "--batch", "2", "--latency-shapes", "1", "--throughput-batches", "1,2", "--workers", "1",
+            "--sds-set", "iterations=2", "field.resolution=12", "ref_size=16", "num_samples=8", "num_points=200",
+            *extra]
+
+
+@pytest.fixture(scope="module")
+def first(models, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "out"
+    assert bench.main(args(models, out)) == 0
+    return out
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_every_output_is_written_with_finite_consistent_numbers(first):
+    for name in ("results.md", "results.json", "results.csv", "grid.png", "worst.png", "steps.png", "guidance.png",
+                 "settings.json"):
+        assert (first / name).is_file(), name
+    assert not list(first.rglob("*.partial"))
+    result = json.loads((first / "results.json").read_text())
+    q = result["quality"]
+    assert list(q["methods"]) == ["pvd", "cascade", "sds", "retrieval", "oracle", "truth-resample"]
+    assert q["methods"]["sds"]["shapes"] == 1 and q["methods"]["pvd"]["shapes"] == 2
+    for method, summary in q["methods"].items():
+        for key in ("cd", "emd", "f1", "f2", "iou", "mesh_f1", "mesh_nc", "r2"):
+            ci = summary["mean"][key]
+            assert all(math.isfinite(ci[v]) for v in ("mean", "low", "high")), (method, key)
+            assert ci["low"] <= ci["mean"] <= ci["high"]
+        assert summary["mean"]["cd"]["mean"] >= 0 and 0 <= summary["mean"]["f1"]["mean"] <= 1
+    rows = read_csv(first / "results.csv")
+    assert len(rows) == 2 * 5 + 1
+    by = {(r["method"], r["name"]): r for r in rows}
+    for name in {r["name"] for r in rows}:
+        # The oracle answers with the training shape nearest in Chamfer distance: never worse than retrieval.
+        assert float(by["oracle", name]["cd"]) <= float(by["retrieval", name]["cd"]) * (1 + 1e-5)
+    assert {d["b"] for d in q["differences"] if d["a"] == "pvd"} == {"cascade", "sds", "retrieval", "oracle"}
+    for d in q["differences"]:
+        assert d["low"] <= d["mean"] <= d["high"]
+    for method in ("pvd", "cascade", "retrieval", "truth-resample"):
+        dist = q["distribution"][method]
+        assert {"MMD-CD", "COV-CD", "1-NNA-CD", "MMD-EMD", "1-NNA-EMD", "P-FID"} <= set(dist)
+    assert [p["steps"] for p in q["curves"]["steps"]] == [1, 2]
+    assert [p["guidance"] for p in q["curves"]["guidance"]] == [1.0, 2.0]
+    assert set(q["sds_flags"]) >= {"janus", "floaters", "empty"}
+    cost = result["cost"]
+    assert cost["methods"]["pvd"]["network_evaluations_per_shape"] == 2  # ddim-2, guided calls count once
+    assert cost["methods"]["cascade"]["network_evaluations_per_shape"] == 4  # two stages
+    assert cost["methods"]["pvd"]["seconds_per_shape_batch1"] > 0 and cost["latency_ratio_sds_over_pvd"] > 0
+    assert [t["batch"] for t in cost["methods"]["pvd"]["throughput"]] == [1, 2]
+    md = (first / "results.md").read_text()
+    for heading in ("## Quality", "## Differences", "## Cascade vs single stage", "## Distribution metrics",
+                    "## Per category", "## Failure analysis", "## Cost", "## Quality vs sampler steps",
+                    "## Quality vs guidance"):
+        assert heading in md
+
+
+def test_a_rerun_skips_finished_shapes_and_a_fresh_folder_gives_the_same_quality(models, first, tmp_path):
+    cached = sorted(p for p in (first / "metrics").rglob("*") if p.is_file()) + \
+        sorted(p for p in (first / "samples").rglob("*.npy")) + sorted((first / "sds" / "records").glob("*.json"))
+    stamps = {p: p.stat().st_mtime_ns for p in cached}
+    before = json.loads((first / "results.json").read_text())
+    assert bench.main(args(models, first)) == 0
+    assert {p: p.stat().st_mtime_ns for p in cached} == stamps  # nothing recomputed
+    again = json.loads((first / "results.json").read_text())
+    assert again["quality"] == before["quality"]
+
+    fresh = tmp_path / "fresh"
+    assert bench.main(args(models, fresh)) == 0
+    assert json.loads((fresh / "results.json").read_text())["quality"] == before["quality"]
+    assert (fresh / "results.csv").read_text() == (first / "results.csv").read_text()
+
+
+def test_other_settings_in_the_same_folder_are_refused(models, first):
+    with pytest.raises(UserError, match="differ in: seed"):
+        bench.main(args(models, first, "--seed", "1"))
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"--data": "missing.h5"}, "no such file"),
+    ({"--pvd": "cascade"}, "is a cascade run"),
+    ({"--pvd-cascade": "single"}, "is a single-stage run"),
+    ({"--steps-curve": "euler:3"}, "unknown sampler"),
+    ({"--num": "0"}, "--num must be at least 1"),
+    ({"--sds": "pfid"}, "not an SDS prior|checkpoint"),
+])
+def test_bad_input_is_one_line_and_exit_2(models, tmp_path, change, message):
+    argv = args(models, tmp_path / "out")
+    for key, value in change.items():
+        argv[argv.index(key) + 1] = models.get(value, value)
+    done = subprocess.run([sys.executable, str(ROOT / "bench.py"), *argv], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    import re
+
+    assert re.search(message, lines[0]), lines[0]
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_train_mode_lists_every_step(models, tmp_path, capsys):
+    assert bench.main(["train", "--data", models["data"], "--out", str(tmp_path / "runs"), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["single", "cascade", "sds", "pfid"]
+    assert "train.py quickstart" in lines[0] and "diffusion.cascade=default" in lines[1]
+    assert "pvd.sds.train_prior" in lines[2] and "pvd.pfid train" in lines[3]
+    with pytest.raises(UserError, match="no such file"):
+        bench.main(["train", "--data", str(tmp_path / "nope.h5"), "--dry-run"])
+
+
+def test_train_mode_commands_resolve_to_the_intended_configs(models, tmp_path):
+    """The real commands (what a full run trains), checked by the scripts' own parsers without training."""
+    from pvd.sds.train_prior import parse_config as parse_prior
+
+    cli = bench.build_train_parser().parse_args(["--data", models["data"], "--out", str(tmp_path / "runs")])
+    steps = {name: cmd for name, cmd, _ in bench.train_steps(cli)}
+    single = train.parse_config(steps["single"][2:])
+    assert (single.model, single.data.num_points, single.diffusion.cascade) == ("quick", 512, None)
+    assert single.run_dir == str(tmp_path / "runs" / "single") and single.data.path == models["data"]
+    cascade = train.parse_config(steps["cascade"][2:])
+    assert [s.num_points for s in cascade.diffusion.cascade.stages] == [128, 512] and cascade.model == "quick"
+    prior = parse_prior(steps["sds"][3:])
+    assert prior.run_dir == str(tmp_path / "runs" / "sds-prior") and prior.data == models["data"]
+    assert steps["pfid"][1:4] == ["-m", "pvd.pfid", "train"]
+
+
+def test_train_mode_runs_each_step_once_and_logs_its_time(models, tmp_path, monkeypatch, capsys):
+
+    def fake_steps(args):  # stand-ins: each makes its folder, as the real commands do
+        out = Path(args.out)
+        return [(name, [sys.executable, "-c", f"import os; os.makedirs({str(out / name)!r})"], out / name)
+                for name in ("single", "cascade", "sds", "pfid")]
+
+    monkeypatch.setattr(bench, "train_steps", fake_steps)
+    argv = ["train", "--data", models["data"], "--out", str(tmp_path / "runs")]
+    assert bench.main(argv) == 0
+    runs = tmp_path / "runs"
+    log = json.loads((runs / "train-log.json").read_text())
+    assert list(log) == ["single", "cascade", "sds", "pfid"] and all(v["seconds"] > 0 for v in log.values())
+    assert all((runs / f".done-{name}").is_file() and (runs / name).is_dir() for name in log)
+    assert "python bench.py --data" in capsys.readouterr().out  # the next command
+    assert bench.main(argv) == 0
+    assert capsys.readouterr().out.count("skipped") == 4
+    (runs / ".done-sds").unlink()  # an unfinished step whose folder exists is not overwritten
+    with pytest.raises(UserError, match="did not finish"):
+        bench.main(argv)
