@@ -54,6 +54,16 @@ run's normalisation). Conventions (also written into every output):
   doubled batch counts once, as SDS's prior evaluations do); peak memory: the process's
   resident set (CPU) or the CUDA allocator's peak.
 
+Budget on the reference 2-vCPU machine, estimated from step timings (neither command was run
+whole here: the cores were shared with other jobs): training about 45 min (quickstart 9 min as
+measured in the README; the 128 -> 512 cascade trains at 0.55x its rate, about 15 min; the SDS
+prior about 15 min by its own docs; P-FID 2-3 min); the benchmark at --num 50 --sds-num 20
+about 45-55 min, most of it the SDS lifts (400 iterations at about 0.2 s each with one thread),
+then the curves (DDPM-1000 alone about 4 min) and the exact-EMD distribution metrics. On cores
+that other jobs keep busy, pass --threads 1: two torch threads measured 35x slower there.
+The cascade is sampled with the same sampler, steps and guidance as the single stage (the
+ablation changes one thing).
+
 Outputs in --out (each written atomically): results.md, results.json, results.csv (one row
 per method and shape), grid.png (input | truth | methods for a dozen shapes), worst.png (the
 five worst shapes of each method by CD, with their numbers), steps.png and guidance.png (the
@@ -448,6 +458,8 @@ def run_sds(args, data: Data, device: torch.device, folder: Path) -> dict[str, d
         cmd += ["--set", *args.sds_set]
     print(f"sds: {' '.join(shlex.quote(c) for c in cmd)}", file=sys.stderr, flush=True)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)  # torch's intra-op threads in that process
     done = subprocess.run(cmd, env=env)
     if done.returncode == 130:
         raise KeyboardInterrupt
@@ -604,7 +616,8 @@ def per_category(records: dict[str, dict[str, Any]]) -> dict[str, dict[str, floa
     cats: dict[str, dict[str, Any]] = {}
     for r in records.values():
         cats.setdefault(r["category"], []).append(r)
-    return {c: {"shapes": len(rs), **{k: finite_mean([r[k] for r in rs]) for k in ("cd", "emd", "f1", "f2", "iou", "thin_r2", "mesh_f1")}}
+    keys = ("cd", "emd", "f1", "f2", "iou", "thin_r2", "mesh_f1")
+    return {c: {"shapes": len(rs), **{k: finite_mean([r[k] for r in rs]) for k in keys}}
             for c, rs in sorted(cats.items())}
 
 
@@ -790,7 +803,8 @@ def figure_curve(points: list[dict[str, Any]], x_key: str, group_key: str | None
             mean = [p[key]["mean"] * METRICS[key][2] for p in items]
             lo = [p[key]["low"] * METRICS[key][2] for p in items]
             hi = [p[key]["high"] * METRICS[key][2] for p in items]
-            ax.errorbar(xs, mean, yerr=[np.subtract(mean, lo), np.subtract(hi, mean)], marker="o", capsize=3, label=label or None)
+            ax.errorbar(xs, mean, yerr=[np.subtract(mean, lo), np.subtract(hi, mean)], marker="o", capsize=3,
+                        label=label or None)
     axes[0].set(xlabel=xlabel, ylabel="CD (x1e-3, squared, world frame)")
     axes[1].set(xlabel=xlabel, ylabel="F-score @ 1% of the box diagonal")
     for ax in axes:
@@ -860,7 +874,8 @@ def markdown(result: dict[str, Any]) -> str:
         add("|---|---|---:|---|---|")
         for d in q["differences"]:
             key = d["metric"]
-            add(f"| {METHOD_TITLES.get(d['a'], d['a'])} - {METHOD_TITLES.get(d['b'], d['b'])} | {metric_header(key)} | {d['n']} | "
+            pair = f"{METHOD_TITLES.get(d['a'], d['a'])} - {METHOD_TITLES.get(d['b'], d['b'])}"
+            add(f"| {pair} | {metric_header(key)} | {d['n']} | "
                 f"{fmt(d['mean'], key, 4)} [{fmt(d['low'], key, 4)}, {fmt(d['high'], key, 4)}] | {d['verdict']} |")
         add("")
     if q.get("ablation"):
@@ -882,8 +897,9 @@ def markdown(result: dict[str, Any]) -> str:
         add("")
         keys = [k for k in ("MMD-CD", "COV-CD", "1-NNA-CD", "MMD-EMD", "COV-EMD", "1-NNA-EMD", "P-FID", "P-KID")
                 if any(k in v for v in q["distribution"].values())]
-        add("| method | shapes | " + " | ".join(k + (" (x10^-3)" if k == "MMD-CD" else " (x10^-2)" if k == "MMD-EMD" else " (%)" if k[:3] in ("COV", "1-N") else "")
-                                               for k in keys) + " |")
+        units = {"MMD-CD": " (x10^-3)", "MMD-EMD": " (x10^-2)", "COV-CD": " (%)", "COV-EMD": " (%)", "1-NNA-CD": " (%)",
+                 "1-NNA-EMD": " (%)"}
+        add("| method | shapes | " + " | ".join(k + units.get(k, "") for k in keys) + " |")
         add("|---|---:|" + "---:|" * len(keys))
         for m, d in q["distribution"].items():
             cells = []
@@ -923,7 +939,8 @@ def markdown(result: dict[str, Any]) -> str:
         if "sds_flags" in q:
             extra = f" {q['sds_flags']['janus']} |  {q['sds_flags']['floaters']} |" if m == "sds" else " - | - |"
         add(f"| {METHOD_TITLES.get(m, m)} | {summary['shapes']} | {f['empty']} | {f['exploded']} | {f['collapsed']} | "
-            f"{f['no_mesh']} | {fmt_ci(summary['mean'].get('r2'), 'r2')} | {fmt_ci(summary['mean'].get('thin_r2'), 'thin_r2')} |" + extra)
+            f"{f['no_mesh']} | {fmt_ci(summary['mean'].get('r2'), 'r2')} | "
+            f"{fmt_ci(summary['mean'].get('thin_r2'), 'thin_r2')} |" + extra)
     add("")
     add("Worst five shapes by CD (worst.png):")
     add("")
@@ -982,7 +999,12 @@ def csv_text(records: dict[str, dict[str, dict[str, Any]]]) -> str:
             cells = []
             for c in CSV_COLUMNS:
                 v = r.get(c)
-                cells.append("" if v is None else f"{v:.9g}" if isinstance(v, float) else str(v).lower() if isinstance(v, bool) else str(v))
+                if v is None:
+                    cells.append("")
+                elif isinstance(v, bool):
+                    cells.append(str(v).lower())
+                else:
+                    cells.append(f"{v:.9g}" if isinstance(v, float) else str(v))
             out.write(",".join(cells) + "\n")
     return out.getvalue()
 
@@ -1041,6 +1063,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--distribution", default="cd,emd", help="distribution metrics over: cd, emd, both or '' for none")
     p.add_argument("--sds-set", nargs="*", default=[], metavar="KEY=VALUE", help="DistillConfig overrides for the SDS command")
     p.add_argument("--workers", type=int, default=None, help="processes for pairwise distances (default: all cores)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads here and in the SDS command (default: torch's); 1 is much faster on cores "
+                        "that other jobs keep busy")
     return p
 
 
@@ -1054,6 +1079,8 @@ def check_args(args) -> None:
         raise UserError("--points must be at least 1")
     if args.workers is not None and args.workers < 1:
         raise UserError("--workers must be at least 1")
+    if args.threads is not None and args.threads < 1:
+        raise UserError("--threads must be at least 1")
     if args.steps is not None and args.steps < 1:
         raise UserError("--steps must be at least 1")
     for name in ("pvd", "pvd_cascade", "sds", "pfid"):
@@ -1218,6 +1245,8 @@ def conventions_record(data: Data, k: int) -> dict[str, str]:
 def bench(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     check_args(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     wall = time.perf_counter()
     device = pick_device(args.device)
     out = Path(args.out)
@@ -1250,7 +1279,8 @@ def bench(argv: list[str]) -> int:
         for sp in specs:
             single.check_spec(sp)
     classifier = None
-    pfid_path = args.pfid or (str(Path(args.data).with_suffix(".pfid")) if Path(args.data).with_suffix(".pfid").is_dir() else None)
+    default_pfid = Path(args.data).with_suffix(".pfid")  # python -m pvd.pfid train's default output
+    pfid_path = args.pfid or (str(default_pfid) if default_pfid.is_dir() else None)
     if pfid_path:
         from pvd.pfid import load_classifier
 
@@ -1270,7 +1300,8 @@ def bench(argv: list[str]) -> int:
 
     # --- outputs of every method (world frame), cached per shape ---
     outputs: dict[str, dict[str, Any]] = {}
-    outputs["pvd"] = sample_method(single, spec, data, data.num, args.batch, args.seed, out / "samples" / f"pvd@{spec.label}", "pvd")
+    outputs["pvd"] = sample_method(single, spec, data, data.num, args.batch, args.seed,
+                                   out / "samples" / f"pvd@{spec.label}", "pvd")
     if cascade is not None:
         outputs["cascade"] = sample_method(cascade, spec, data, data.num, args.batch, args.seed,
                                            out / "samples" / f"cascade@{spec.label}", "cascade")
@@ -1320,7 +1351,8 @@ def bench(argv: list[str]) -> int:
                                "train_step": {"pvd": "single", "cascade": "cascade"}}
     quality["worst"] = {m: [n for n, _ in sorted(r.items(), key=lambda item: -item[1]["cd"])[:5]] for m, r in records.items()}
     if sds:
-        quality["sds_flags"] = {f: int(sum(bool(v["record"].get(f)) for v in sds.values())) for f in ("janus", "floaters", "empty")}
+        quality["sds_flags"] = {f: int(sum(bool(v["record"].get(f)) for v in sds.values()))
+                                for f in ("janus", "floaters", "empty")}
         quality["sds_flags"]["janus_score_mean"] = finite_mean([v["record"].get("janus_score") for v in sds.values()])
     quality["chosen"] = chosen
     quality["curves"] = curves
