@@ -105,7 +105,7 @@ from pvd.metrics import (CHAMFER_CONVENTIONS, EMD_CONVENTION, F_SCORE_CONVENTION
                          normal_consistency, pairwise_chamfer, pairwise_emd, precision_recall, voxel_iou)
 from pvd.metrics.bootstrap import bootstrap_mean_ci, convention as bootstrap_convention, paired_bootstrap_ci
 from pvd.metrics.volume import sample_mesh_surface
-from pvd.runtime import PeakMemory
+from pvd.runtime import PeakMemory, pick_device
 
 ROOT = Path(__file__).resolve().parent
 REF_POINTS = 2048  # ground-truth points per shape (PointFlow's held-out slice)
@@ -158,18 +158,6 @@ def save_figure(fig, path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda but no CUDA device is available")
-    return device
 
 
 def sync(device: torch.device) -> None:

@@ -42,6 +42,7 @@ from pvd.io import atomic_path, save_points
 from pvd.meshing import load_points, mesh_from_points, save_mesh
 from pvd.nn import Condition, PVDUNet
 from pvd.nn.unet import UNetConfig
+from pvd.runtime import pick_device
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 PREVIEW_SIZE = 128
@@ -129,13 +130,7 @@ def preview(points: np.ndarray, view: np.ndarray | None) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                              "cpu" if args.device == "auto" else args.device)
-    except RuntimeError:
-        raise UserError(f"--device must be auto, cpu, cuda or cuda:N, got {args.device!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda but no CUDA device is available")
+    device = pick_device(args.device)
     if args.batch < 1 or (args.num is not None and args.num < 1):
         raise UserError("--batch and --num must be at least 1")
     if args.points is not None and args.points < 1:

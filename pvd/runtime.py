@@ -85,3 +85,21 @@ def _rss() -> int:
         import resource
 
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def pick_device(name: str) -> "torch.device":
+    """The device a command's ``--device`` names: auto (CUDA when available, else CPU), cpu,
+    cuda or cuda:N; anything else, or CUDA without a device, is a one-line UserError."""
+    import torch
+
+    from pvd.errors import UserError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda but no CUDA device is available")
+    return device

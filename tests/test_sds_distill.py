@@ -119,7 +119,7 @@ def test_reference_view_fit_reproduces_the_silhouette():
     image = render_rgba(truth, ref, SIZE)
     cfg = small_config(sds_weight=0.0, iterations=80)
     result = D.distill(None, None, image, ref, cfg)
-    rendered = D._render_numpy(result.field, ref, cfg)
+    rendered = D.render_view(result.field, ref, cfg)
     iou = D._mask_iou(rendered[..., 3] > 0.5, image[..., 3] > 127)
     assert iou > 0.85
     assert result.evaluations == 0 and result.seconds > 0

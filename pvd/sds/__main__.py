@@ -30,7 +30,6 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from pvd.config import apply_overrides, to_dict
@@ -41,8 +40,8 @@ from pvd.errors import UserError, raise_if_interrupted, run_command
 from pvd.imageprep import prepare_photo
 from pvd.io import atomic_path, save_points
 from pvd.meshing import save_mesh
-from pvd.runtime import PeakMemory
-from pvd.sds.distill import Camera, DistillConfig, _render_numpy, density_grid, distill, silhouette_symmetry
+from pvd.runtime import PeakMemory, pick_device
+from pvd.sds.distill import Camera, DistillConfig, render_view, density_grid, distill, silhouette_symmetry
 
 GT_POINTS = 2048  # ground-truth points scored against (a fixed, seeded subset of the stored cloud)
 JANUS_MARGIN = 0.15  # flag when the result's front/back silhouettes agree this much more than the truth's
@@ -81,18 +80,6 @@ def make_config(args) -> DistillConfig:
     if cfg.iterations < 1:
         raise UserError(f"iterations must be at least 1, got {cfg.iterations}")
     return cfg
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda but no CUDA device is available")
-    return device
 
 
 def photo_jobs(args) -> list[dict]:
@@ -135,10 +122,14 @@ def dataset_jobs(args) -> list[dict]:
                             float(cams["distance"][row, v]), tuple(map(tuple, k.tolist())), int(f["images"].shape[2]))
             points = f["points"][row]
             pick = np.random.default_rng(int(row)).choice(len(points), min(GT_POINTS, len(points)), replace=False)
+            job = {"name": f"{args.split}-{int(row):05d}", "row": int(row), "image": f["images"][row, v],
+                   "camera": camera, "ground_truth": points[np.sort(pick)],
+                   "category": info.categories[int(info.category[row])]}
             back = _back_view(f, row, v)
-            jobs.append({"name": f"{args.split}-{int(row):05d}", "row": int(row), "image": f["images"][row, v],
-                         "camera": camera, "ground_truth": points[np.sort(pick)],
-                         "category": info.categories[int(info.category[row])], "gt_back_view": back})
+            if back is not None:  # the truth's own front/back agreement, the Janus reference
+                masks = f["images"][row, [v, back], :, :, 3] > 127
+                job["gt_silhouette_symmetry"] = silhouette_symmetry(masks[0], masks[1])
+            jobs.append(job)
     return jobs
 
 
@@ -162,7 +153,7 @@ def write_shape(out: Path, job: dict, result, cfg: DistillConfig, strip_frames: 
         save_mesh(result.mesh, out / f"{name}.obj")
     cam = job["camera"]
     views = [np.asarray(job["image"], dtype=np.float32) / 255.0]
-    views += [_render_numpy(result.field, dataclasses.replace(cam, azimuth=cam.azimuth + d), cfg) for d in (0, 90, 180)]
+    views += [render_view(result.field, dataclasses.replace(cam, azimuth=cam.azimuth + d), cfg) for d in (0, 90, 180)]
     tiles = [_to_uint8(v, cfg.ref_size) for v in views]
     save_png(out / f"{name}.png", image_grid(tiles, columns=len(tiles)))
     if strip_frames:
@@ -213,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         def strip(it: int, field) -> None:
             if args.strip and it % every == 0:
                 cam = job["camera"]
-                frames.extend(_to_uint8(_render_numpy(field, dataclasses.replace(cam, azimuth=cam.azimuth + d), cfg),
+                frames.extend(_to_uint8(render_view(field, dataclasses.replace(cam, azimuth=cam.azimuth + d), cfg),
                                         cfg.ref_size) for d in (0, 90, 180, 270))
 
         with PeakMemory(device) as memory:
@@ -227,26 +218,24 @@ def main(argv: list[str] | None = None) -> int:
         if result.history:
             record.update(cd=result.history[-1]["cd"], f1=result.history[-1]["f1"])
         record["janus"] = None  # unknown without a stored view of the truth's back
-        if job.get("gt_back_view") is not None:
-            with open_dataset_file(args.data) as f:
-                masks = f["images"][job["row"], [args.view, job["gt_back_view"]], :, :, 3] > 127
-            record["gt_silhouette_symmetry"] = silhouette_symmetry(masks[0], masks[1])
-            record["janus"] = bool(record["silhouette_symmetry"] - record["gt_silhouette_symmetry"] > JANUS_MARGIN)
+        if "gt_silhouette_symmetry" in job:
+            record["gt_silhouette_symmetry"] = job["gt_silhouette_symmetry"]
+            record["janus"] = bool(record["silhouette_symmetry"] - job["gt_silhouette_symmetry"] > JANUS_MARGIN)
         with atomic_path(record_path) as tmp:
             Path(tmp).write_text(json.dumps(record, indent=1))
         records.append(record)
         bar.set_postfix(s=f"{result.seconds:.0f}", cd=f"{record.get('cd', math.nan):.4f}")
-    write_summary(out, records, cfg, args)
+    write_summary(out, records, cfg, args, device)
     print(f"wrote {len(records)} shape(s) to {out}/ (summary.json)")
     return 0
 
 
-def write_summary(out: Path, records: list[dict], cfg: DistillConfig, args) -> None:
+def write_summary(out: Path, records: list[dict], cfg: DistillConfig, args, device) -> None:
     def mean(key: str) -> float | None:
         values = [r[key] for r in records if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
         return float(np.mean(values)) if values else None
 
-    summary = {"config": to_dict(cfg), "prior": args.prior, "device": str(pick_device(args.device)),
+    summary = {"config": to_dict(cfg), "prior": args.prior, "device": str(device),
                "shapes": len(records), "mean": {k: mean(k) for k in ("cd", "f1", "seconds", "peak_memory_mb")},
                "failures": {k: int(sum(bool(r.get(k)) for r in records)) for k in ("empty", "floaters", "janus")},
                "records": records}

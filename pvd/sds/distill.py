@@ -195,9 +195,11 @@ def distill(prior, diffusion, image: np.ndarray, camera: Camera, cfg: DistillCon
             progress(it + 1, cfg.iterations)
         if strip is not None:
             strip(it + 1, field)
-        if ground_truth is not None and eval_every and ((it + 1) % eval_every == 0 or it + 1 == cfg.iterations):
-            history.append({"iteration": it + 1, "seconds": seconds, **score(field, cfg, ground_truth)})
+        if ground_truth is not None and eval_every and (it + 1) % eval_every == 0 and it + 1 < cfg.iterations:
+            history.append({"iteration": it + 1, "seconds": seconds, **score(surface(field, cfg)[1], ground_truth)})
     mesh, points = surface(field, cfg)
+    if ground_truth is not None and eval_every:
+        history.append({"iteration": cfg.iterations, "seconds": seconds, **score(points, ground_truth)})
     return DistillResult(field=field, mesh=mesh, points=points, failures=failure_report(field, cfg, camera),
                          history=history, seconds=seconds, evaluations=evaluations)
 
@@ -225,10 +227,9 @@ def surface(field: VoxelField, cfg: DistillConfig) -> tuple[trimesh.Trimesh | No
     return mesh, volume.sample_surface_points(mesh, cfg.num_points, cfg.seed)
 
 
-def score(field: VoxelField, cfg: DistillConfig, ground_truth: np.ndarray) -> dict[str, float]:
-    """Chamfer distance (squared) and F-score at 1% of the unit bounding-box diagonal to the
-    ground truth (M, 3); inf and 0 when the field is empty."""
-    _, points = surface(field, cfg)
+def score(points: np.ndarray | None, ground_truth: np.ndarray) -> dict[str, float]:
+    """Chamfer distance (squared) and F-score at 1% of the unit bounding-box diagonal of the
+    points (K, 3) (from :func:`surface`) to the ground truth (M, 3); inf and 0 when empty (None)."""
     if points is None:
         return {"cd": math.inf, "f1": 0.0}
     a, b = torch.from_numpy(points)[None].float(), torch.as_tensor(ground_truth, dtype=torch.float32)[None]
@@ -260,15 +261,15 @@ def failure_report(field: VoxelField, cfg: DistillConfig, camera: Camera, *, emp
     else:
         report["floater_fraction"], report["components"] = 0.0, 0
     report["floaters"] = bool(report["floater_fraction"] > floater_fraction)
-    front, back = (_render_numpy(field, dataclasses.replace(camera, azimuth=camera.azimuth + d), cfg) for d in (0.0, 180.0))
+    front, back = (render_view(field, dataclasses.replace(camera, azimuth=camera.azimuth + d), cfg) for d in (0.0, 180.0))
     back = back[:, ::-1]  # mirror: a copied front appears mirrored from behind
     report["janus_score"] = _view_similarity(front, back)
     report["silhouette_symmetry"] = _mask_iou(front[..., 3] > 0.5, back[..., 3] > 0.5)
     return report
 
 
-def _render_numpy(field: VoxelField, camera: Camera, cfg: DistillConfig) -> np.ndarray:
-    """(S, S, 4) float RGBA in [0, 1] (white background) at the reference size."""
+def render_view(field: VoxelField, camera: Camera, cfg: DistillConfig) -> np.ndarray:
+    """(S, S, 4) float RGBA in [0, 1] (white background) at the reference size, no gradients."""
     k, e = (x.to(field.density.device) for x in camera.tensors(cfg.ref_size))
     with torch.no_grad():
         out = volume.render(field, k, e, cfg.ref_size, cfg.ref_size, num_samples=cfg.num_samples)

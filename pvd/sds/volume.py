@@ -28,7 +28,7 @@ from scipy import ndimage
 from skimage.measure import marching_cubes
 from torch import Tensor, nn
 
-from pvd.metrics.volume import voxelize_mesh, voxelize_points
+from pvd.metrics.volume import sample_mesh_surface, voxelize_mesh, voxelize_points
 
 
 @dataclass
@@ -318,8 +318,8 @@ def extract_mesh(field: VoxelField, threshold: float = 0.5) -> trimesh.Trimesh:
 
 
 def sample_surface_points(mesh: trimesh.Trimesh, n: int, seed: int = 0) -> np.ndarray:
-    """(n, 3) float32 area-uniform samples of a mesh's surface (trimesh.sample.sample_surface)."""
+    """(n, 3) float32 area-uniform samples of a mesh's surface (:func:`pvd.metrics.sample_mesh_surface`)."""
     if mesh.is_empty or not mesh.area > 0:
         raise ValueError("cannot sample points from an empty mesh (the field has no surface above the threshold)")
-    points, _ = trimesh.sample.sample_surface(mesh, n, seed=seed)
+    points, _ = sample_mesh_surface(mesh.vertices, mesh.faces, n, seed)
     return np.asarray(points, dtype=np.float32)
