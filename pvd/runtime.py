@@ -34,10 +34,13 @@ def reexec_with_malloc_settings() -> None:
 class PeakMemory:
     """Peak memory while the ``with`` block runs, in bytes (``.peak``).
 
-    CUDA: the allocator's peak (``torch.cuda.max_memory_allocated``), reset on entry. CPU: the
-    process's resident set size, polled every ``interval`` seconds by a background thread from
-    /proc (Linux; elsewhere ``ru_maxrss``, the process's lifetime peak). RSS includes memory the
-    process already held before the block, so it is an upper bound on what the block needs.
+    CUDA: the allocator's peak (``torch.cuda.max_memory_allocated``), reset on entry. CPU on
+    Linux: the kernel's resident-set high-water mark (VmHWM), reset on entry through
+    /proc/self/clear_refs, so no allocation is missed however short-lived. Elsewhere, or where
+    the reset is refused: the resident set size polled every ``interval`` seconds by a
+    background thread (a block that holds the GIL can hide between polls). RSS includes memory
+    the process already held before the block, so it is an upper bound on what the block needs.
+    Not reentrant: the high-water mark is per process.
     """
 
     def __init__(self, device: "torch.device | str" = "cpu", interval: float = 0.01):
@@ -46,6 +49,7 @@ class PeakMemory:
         self.device = torch.device(device)
         self.interval = interval
         self.peak = 0
+        self._thread = None
 
     def __enter__(self) -> "PeakMemory":
         import threading
@@ -55,8 +59,10 @@ class PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
             return self
-        self._stop = threading.Event()
         self.peak = _rss()
+        if _reset_high_water_mark():
+            return self
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
         self._thread.start()
         return self
@@ -71,9 +77,33 @@ class PeakMemory:
         if self.device.type == "cuda":
             self.peak = int(torch.cuda.max_memory_allocated(self.device))
             return
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, _rss())
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+        self.peak = max(self.peak, _rss(), _high_water_mark())
+
+
+def _reset_high_water_mark() -> bool:
+    """Reset the kernel's peak-RSS counter for this process (Linux >= 4.0); False if refused."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _high_water_mark() -> int:
+    """Peak resident set size since the last reset, in bytes (0 where /proc is missing)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 def _rss() -> int:
