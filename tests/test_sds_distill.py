@@ -184,7 +184,7 @@ SMALL = ["--set", "field.resolution=16", "ref_size=16", "num_samples=16", "num_p
 def test_command_over_a_dataset_writes_every_output_and_skips_finished_shapes(pipeline_data, tmp_path):
     out = tmp_path / "sds"
     run_sds("--data", pipeline_data, "--split", "val", "--num", "2", "--sds-weight", "0", "--iterations", "5",
-            "--strip", "--out", out, *SMALL)
+            "--strip", "--threads", "1", "--out", out, *SMALL)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["shapes"] == 2 and summary["failures"]["empty"] == sum(r["empty"] for r in summary["records"])
     for rec in summary["records"]:
@@ -213,6 +213,7 @@ def test_command_over_a_dataset_writes_every_output_and_skips_finished_shapes(pi
     (["--data", "missing.h5", "--sds-weight", "0"], "missing.h5"),
     (["--image", "x.png", "--eval-every", "5", "--sds-weight", "0"], "needs --data"),
     (["--image", "x.png", "--sds-weight", "0", "--set", "nonsense=1"], "nonsense"),
+    (["--image", "x.png", "--sds-weight", "0", "--threads", "0"], "--threads must be at least 1"),
 ])
 def test_command_rejects_bad_input_in_one_line(tmp_path, args, message):
     proc = run_sds(*args, "--out", tmp_path / "o", check=False)

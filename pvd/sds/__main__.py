@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strip", action="store_true", help="also write a PNG strip of views during the optimisation")
     p.add_argument("--out", default="outputs/sds")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     return p
 
 
@@ -179,6 +180,12 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("--eval-every scores against the ground truth: it needs --data")
     cfg = make_config(args)
     device = pick_device(args.device)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads must be at least 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     prior = diffusion = None
     if cfg.sds_weight > 0:
         if not args.prior:
