@@ -54,12 +54,10 @@ run's normalisation). Conventions (also written into every output):
   doubled batch counts once, as SDS's prior evaluations do); peak memory: the process's
   resident set (CPU) or the CUDA allocator's peak.
 
-Budget on the reference 2-vCPU machine, estimated from step timings (neither command was run
-whole here: the cores were shared with other jobs): training about 45 min (quickstart 9 min as
-measured in the README; the 128 -> 512 cascade trains at 0.55x its rate, about 15 min; the SDS
-prior about 15 min by its own docs; P-FID 2-3 min); the benchmark at --num 50 --sds-num 20
-about 45-55 min, most of it the SDS lifts (400 iterations at about 0.2 s each with one thread),
-then the curves (DDPM-1000 alone about 4 min) and the exact-EMD distribution metrics. On cores
+Measured on the reference 2-vCPU machine, idle (2026-11-25, see the README's Benchmark
+section): training 40.6 min (single stage 8.3, cascade 14.5, SDS prior 16.7, P-FID 1.2); the
+benchmark at --num 50 --sds-num 20 41.4 min, 27 of them the SDS lifts (800 iterations, 81 s
+per shape), then the curves (DDPM-1000 about 3 min) and the distribution metrics. On cores
 that other jobs keep busy, pass --threads 1: two torch threads measured 35x slower there.
 The cascade is sampled with the same sampler, steps and guidance as the single stage (the
 ablation changes one thing).
