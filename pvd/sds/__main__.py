@@ -4,7 +4,8 @@
     python -m pvd.sds --prior runs/sds-prior --data data/synth.h5 --split test --num 20 --out outputs/sds-test
     python -m pvd.sds --data data/synth.h5 --split test --num 20 --sds-weight 0 --out outputs/ref-only
     python -m pvd.sds --prior runs/sds-prior --data data/synth.h5 --split val --num 5 \\
-        --iterations 1500 --eval-every 50 --out outputs/sds-curve     # the quality curve
+        --eval-every 50 --out outputs/sds-curve     # quality within one run
+    # quality against the budget (one run per budget): tests/benchmarks/sds_budget_curve.py
 
 Per shape NAME: NAME.ply / NAME.npy (points sampled on the mesh, world frame, like sample.py's),
 NAME.obj (the marching-cubes mesh), NAME.density.npy (the density grid), NAME.png (input |
