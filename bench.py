@@ -440,12 +440,12 @@ def run_sds(args, data: Data, device: torch.device, folder: Path) -> dict[str, d
     cmd = [sys.executable, "-m", "pvd.sds", "--prior", args.sds, "--data", data.path, "--split", data.split,
            "--num", str(count), "--view", str(data.view), "--seed", str(args.seed), "--out", str(folder),
            "--device", str(device)]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
     if args.sds_set:
         cmd += ["--set", *args.sds_set]
     print(f"sds: {' '.join(shlex.quote(c) for c in cmd)}", file=sys.stderr, flush=True)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    if args.threads:
-        env["OMP_NUM_THREADS"] = str(args.threads)  # torch's intra-op threads in that process
     done = subprocess.run(cmd, env=env)
     if done.returncode == 130:
         raise KeyboardInterrupt

@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+from pvd.io import atomic_path  # noqa: E402
 
 
 def run(args, out: Path, iterations: int, extra: list[str]) -> list[dict]:
@@ -33,7 +35,7 @@ def run(args, out: Path, iterations: int, extra: list[str]) -> list[dict]:
         cmd += ["--threads", str(args.threads)]
     print(" ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, cwd=ROOT)
-    return json.loads((out / "summary.json").read_text())["records"]
+    return json.loads((out / "summary.json").read_text())
 
 
 def main() -> int:
@@ -50,20 +52,20 @@ def main() -> int:
     out = Path(args.out)
     rows = []
     for budget in sorted(args.budgets):
-        recs = run(args, out / f"budget-{budget}", budget, ["--prior", args.prior])
-        cd = np.array([r["cd"] for r in recs], dtype=float)
-        f1 = np.array([r["f1"] for r in recs], dtype=float)
-        rows.append({"iterations": budget, "cd": float(np.nanmean(cd)), "f1": float(f1.mean()),
-                     "seconds": float(np.mean([r["seconds"] for r in recs])), "shapes": len(recs),
-                     "per_shape_cd": cd.tolist()})
+        summary = run(args, out / f"budget-{budget}", budget, ["--prior", args.prior])
+        mean = summary["mean"]  # empty shapes (CD inf) are left out of the mean CD, counted in failures
+        rows.append({"iterations": budget, "cd": mean["cd"], "f1": mean["f1"], "seconds": mean["seconds"],
+                     "shapes": summary["shapes"], "empty": summary["failures"]["empty"],
+                     "per_shape_cd": [r["cd"] for r in summary["records"]]})
     ablation = []
     if args.ablation:
-        recs = run(args, out / "ref-only", max(args.budgets), ["--sds-weight", "0", "--eval-every", "100"])
+        recs = run(args, out / "ref-only", max(args.budgets), ["--sds-weight", "0", "--eval-every", "100"])["records"]
         for it in sorted({h["iteration"] for r in recs for h in r["history"]}):
             hs = [h for r in recs for h in r["history"] if h["iteration"] == it]
             ablation.append({"iteration": it, "cd": float(np.nanmean([h["cd"] for h in hs])),
                              "f1": float(np.mean([h["f1"] for h in hs]))})
-    (out / "budget.json").write_text(json.dumps({"sds": rows, "reference_only": ablation}, indent=1))
+    with atomic_path(out / "budget.json") as tmp:
+        Path(tmp).write_text(json.dumps({"sds": rows, "reference_only": ablation}, indent=1))
 
     print(f"\n{'budget':>7} {'CD x1e-3':>9} {'F@1%':>6} {'s/shape':>8}")
     for r in rows:
@@ -87,7 +89,8 @@ def main() -> int:
     ax[0].set_title(f"mean over {args.num} {args.split} shapes")
     ax[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "budget.png", dpi=120)
+    with atomic_path(out / "budget.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
     print(f"wrote {out}/budget.png and budget.json")
     return 0
 
