@@ -1,52 +1,59 @@
-"""pvd.runtime: the peak-memory probe used for per-shape cost reports."""
+"""pvd.runtime: the peak-memory probe used for per-shape cost reports.
 
-import numpy as np
+Each check runs in a fresh interpreter with glibc's default allocator settings: inside the
+test process, hundreds of MB freed by earlier tests stay resident and a new block can reuse
+them without raising the resident set, which would hide what the probe is meant to see.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
+ROOT = Path(__file__).resolve().parents[1]
+
+PROBE = r"""
+import json, sys, time
+import numpy as np
 import pvd.runtime as runtime
 from pvd.runtime import PeakMemory, _rss
 
 MiB = 2**20
-
-
-def _allocate_and_free(mib: int) -> None:
-    block = np.ones(mib * MiB // 8)  # touched, so resident
+mode = sys.argv[1]
+if mode == "polling":
+    runtime._reset_high_water_mark = lambda: False
+    runtime._high_water_mark = lambda: 0
+out = {"kernel_counter": runtime._reset_high_water_mark()}
+before = _rss()
+with PeakMemory(interval=0.0005) as probe:
+    block = np.ones(200 * MiB // 8)  # touched, so resident
     block.sum()
+    if mode == "polling":
+        time.sleep(0.05)  # numpy holds the GIL while filling: the poller sees only a block that lives on
     del block
+with PeakMemory() as idle:
+    pass
+out.update(before=before, peak=probe.peak, idle=idle.peak)
+print(json.dumps(out))
+"""
 
 
-@pytest.mark.parametrize("kernel_counter", [True, False], ids=["high-water-mark", "polling"])
-def test_peak_memory_sees_a_short_lived_allocation(kernel_counter, monkeypatch):
-    if not kernel_counter:
-        monkeypatch.setattr(runtime, "_reset_high_water_mark", lambda: False)
-        monkeypatch.setattr(runtime, "_high_water_mark", lambda: 0)
-    elif not runtime._reset_high_water_mark():
+def run_probe(mode: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    done = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, env=env,
+                          timeout=120, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("mode", ["high-water-mark", "polling"])
+def test_peak_memory_sees_a_short_lived_allocation(mode):
+    out = run_probe(mode)
+    if mode == "high-water-mark" and not out["kernel_counter"]:
         pytest.skip("this kernel refuses /proc/self/clear_refs: only the polling path is tested")
-    before = _rss()
-    with PeakMemory(interval=0.0005) as probe:
-        if kernel_counter:
-            _allocate_and_free(200)
-        else:
-            # numpy holds the GIL while filling, so the poller can only see a block that
-            # outlives a few polling intervals: keep it alive briefly
-            block = np.ones(200 * MiB // 8)
-            block.sum()
-            import time
-
-            time.sleep(0.05)
-            del block
-    assert probe.peak >= before + 150 * MiB
-    with PeakMemory() as idle:
-        pass
-    assert 0 < idle.peak < probe.peak
-
-
-def test_high_water_mark_resets_between_blocks():
-    if not runtime._reset_high_water_mark():
-        pytest.skip("this kernel refuses /proc/self/clear_refs")
-    with PeakMemory() as big:
-        _allocate_and_free(200)
-    with PeakMemory() as small:
-        pass
-    # the second block must not inherit the first one's peak
-    assert big.peak - small.peak >= 150 * MiB
+    assert out["peak"] >= out["before"] + 150 * 2**20
+    # the second block must not inherit the first one's peak (the high-water mark is reset)
+    assert 0 < out["idle"] < out["peak"] - 150 * 2**20
