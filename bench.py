@@ -285,7 +285,7 @@ class PVDModel:
     """A trained run (EMA weights), sampled in fixed chunks of shapes with per-chunk seeds."""
 
     def __init__(self, path: str, device: torch.device, label: str):
-        from sample import load_run  # the top-level script's loader (rebuilds nets from the stored config)
+        from pvd.checkpoint import load_run
 
         self.path, self.device, self.label = path, device, label
         self.run, self.cfg, self.nets = load_run(path, device, raw=False)

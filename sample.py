@@ -30,7 +30,6 @@ import torch
 from tqdm import tqdm
 
 from pvd import checkpoint
-from pvd.config import TrainConfig, from_dict
 from pvd.data.cameras import R2N2_FOCAL_NDC, intrinsics_from_ndc_focal, orbit_extrinsics
 from pvd.data.render import image_grid, render_points, save_png
 from pvd.diffusion import build
@@ -40,8 +39,7 @@ from pvd.errors import UserError, run_command
 from pvd.imageprep import prepare_photo
 from pvd.io import atomic_path, save_points
 from pvd.meshing import load_points, mesh_from_points, save_mesh
-from pvd.nn import Condition, PVDUNet
-from pvd.nn.unet import UNetConfig
+from pvd.nn import Condition
 from pvd.runtime import pick_device
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -98,21 +96,6 @@ def unique_names(paths: list[Path]) -> list[str]:
     return names
 
 
-def load_run(path: str, device: torch.device, raw: bool) -> tuple[dict, TrainConfig, list[PVDUNet]]:
-    ckpt = checkpoint.load(path)
-    run = ckpt["run"]
-    cfg = from_dict(TrainConfig, run["train"])
-    nets = []
-    states = ckpt["models"] if raw or ckpt["ema"] is None else ckpt["ema"]
-    for net_cfg, state in zip(run["networks"], states):
-        net = PVDUNet(from_dict(UNetConfig, net_cfg))
-        net.load_state_dict(state)
-        nets.append(net.to(device).eval())
-    run["checkpoint"] = ckpt["path"]
-    run["step"] = ckpt["step"]
-    return run, cfg, nets
-
-
 def preview(points: np.ndarray, view: np.ndarray | None) -> np.ndarray:
     """Input view (if any) | the cloud from two sides, each PREVIEW_SIZE square."""
     centre = (points.max(0) + points.min(0)) / 2
@@ -137,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("--points must be at least 1")
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise UserError(f"--out {args.out} is a file, not a folder")
-    run, cfg, nets = load_run(args.ckpt, device, args.raw_weights)
+    run, cfg, nets = checkpoint.load_run(args.ckpt, device, args.raw_weights)
     data = run["dataset"]
     image_paths = collect_images(args)
     wants_image = "image" in cfg.condition

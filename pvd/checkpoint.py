@@ -5,7 +5,8 @@ state dict per cascade stage), their EMA, the optimiser state, the step and epoc
 run's resolved config as a JSON string, so the file alone rebuilds the model. It is written
 to a temporary name and renamed (a crash leaves the previous checkpoints intact), the last
 ``keep`` are kept, and it is read with ``torch.load(weights_only=True)``: tensors, numbers,
-strings and containers only, so a crafted file cannot run code on load.
+strings and containers only, so a crafted file cannot run code on load. :func:`load_run`
+rebuilds a run's networks from the file alone.
 """
 
 from __future__ import annotations
@@ -19,8 +20,11 @@ from typing import Any
 
 import torch
 
+from pvd.config import TrainConfig, from_dict
 from pvd.errors import UserError
 from pvd.io import atomic_path
+from pvd.nn import PVDUNet
+from pvd.nn.unet import UNetConfig
 
 FORMAT = "pvd-checkpoint"
 VERSION = 1
@@ -86,3 +90,26 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
     data["path"] = str(path)
     data["run"] = json.loads(data["run"])
     return data
+
+
+def load_run(path: str | os.PathLike, device: torch.device, raw: bool = False) -> tuple[dict[str, Any], TrainConfig,
+                                                                                        list[PVDUNet]]:
+    """A trained run rebuilt from its checkpoint alone: (run record, resolved config, networks).
+
+    path: a run folder (its newest checkpoint) or a checkpoint file. The networks, one per
+    cascade stage, are in eval mode on ``device`` with the EMA weights, or the raw weights when
+    ``raw`` or when the run kept no EMA. The run record gains "checkpoint" (the file read) and
+    "step".
+    """
+    ckpt = load(path)
+    run = ckpt["run"]
+    cfg = from_dict(TrainConfig, run["train"])
+    nets = []
+    states = ckpt["models"] if raw or ckpt["ema"] is None else ckpt["ema"]
+    for net_cfg, state in zip(run["networks"], states):
+        net = PVDUNet(from_dict(UNetConfig, net_cfg))
+        net.load_state_dict(state)
+        nets.append(net.to(device).eval())
+    run["checkpoint"] = ckpt["path"]
+    run["step"] = ckpt["step"]
+    return run, cfg, nets

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from sample import load_run  # noqa: E402
+from pvd.checkpoint import load_run  # noqa: E402
 
 from pvd.data.hdf5 import ShapeDataset  # noqa: E402
 from pvd.diffusion import build  # noqa: E402

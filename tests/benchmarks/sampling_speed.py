@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from sample import load_run  # noqa: E402
+from pvd.checkpoint import load_run  # noqa: E402
 
 from pvd.data.hdf5 import ShapeDataset  # noqa: E402
 from pvd.diffusion import DiffusionConfig, build  # noqa: E402
