@@ -1,7 +1,6 @@
 """python -m pvd.evaluate: inputs, the PointFlow protocol against an independent computation, errors."""
 
 import json
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ import trimesh
 import pvd.metrics as metrics
 from pvd import evaluate
 from pvd.data.synthetic import SyntheticConfig, write_synthetic_dataset
-from pvd.errors import run_command
+from in_process import run_main  # tests/in_process.py
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,17 +44,7 @@ def pointflow_stats_by_hand(path, categories):
 
 def run(argv, capsys):
     """The command in this process, as run_command runs it: (exit code, stdout, stderr)."""
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    hook = sys.unraisablehook
-    try:
-        with pytest.raises(SystemExit) as exit_info:
-            run_command(lambda: evaluate.main([str(a) for a in argv]))
-    finally:
-        for s, h in handlers.items():
-            signal.signal(s, h)
-        sys.unraisablehook = hook
-    out = capsys.readouterr()
-    return exit_info.value.code, out.out, out.err
+    return run_main(evaluate.main, argv, capsys)
 
 
 def naive_pointflow(m_rr, m_rs, m_ss):
@@ -69,10 +58,15 @@ def naive_pointflow(m_rr, m_rs, m_ss):
     return mmd, cov, correct / (n_r + n_s)
 
 
-def test_pointflow_protocol_matches_an_independent_computation(data, tmp_path, capsys):
+def test_pointflow_protocol_matches_an_independent_computation(data, tmp_path, capsys, monkeypatch):
+    # The protocol at 512 points instead of its 2048: the same slices, frames and matrices, 30x
+    # less exact-EMD time (computed twice here). tests/test_pvd_paper.py checks the real protocol
+    # takes points [10000:12048].
+    points = 512
+    monkeypatch.setitem(evaluate.PROTOCOLS, "pointflow", {**evaluate.PROTOCOLS["pointflow"], "num_points": points})
     categories = ["chair", "car"]
-    references = raw_clouds(data, "val", categories, 4200, 2048)  # [num_train_points:][:2048] of val
-    generated = raw_clouds(data, "test", categories, 0, 2048)[::-1] * 1.02 + 0.01  # any clouds, in the original frame
+    references = raw_clouds(data, "val", categories, 4200, points)  # [num_train_points:][:points] of val
+    generated = raw_clouds(data, "test", categories, 0, points)[::-1] * 1.02 + 0.01  # any clouds, in the original frame
     mean, std = pointflow_stats_by_hand(data, categories)
     np.save(tmp_path / "samples.npy", ((generated - mean) / std).astype(np.float32))  # as a model trained on PointFlow's normalisation emits
     code, out, err = run([tmp_path / "samples.npy", "--data", data, "--categories", *categories, "--protocol", "pointflow",
@@ -82,7 +76,7 @@ def test_pointflow_protocol_matches_an_independent_computation(data, tmp_path, c
     assert (tmp_path / "result.md").read_text().startswith("# ") and "| 1-NNA-EMD (%) |" in out
     assert not list(tmp_path.glob("*partial*"))
     assert result["protocol"] == "pointflow" and result["references"]["split"] == "val"
-    assert result["references"]["points"] == "[4200:6248]" and result["samples"]["points_used"] == 2048
+    assert result["references"]["points"] == "[4200:4712]" and result["samples"]["points_used"] == points
     assert result["convention"]["pointflow_stats"]["std"] == pytest.approx(std, rel=1e-5)
     assert "exact" in result["convention"]["EMD"] and "squared" in result["convention"]["CD"]
     clouds = {"r": references, "s": generated}

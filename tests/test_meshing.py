@@ -18,6 +18,8 @@ from pvd.meshing import (
     poisson_indicator,
     save_mesh,
 )
+from pvd.meshing import main as meshing_command
+from in_process import run_main  # tests/in_process.py
 
 
 def _surface(mesh: trimesh.Trimesh, count: int = 2048, seed: int = 0):
@@ -138,7 +140,7 @@ def test_export_round_trip(tmp_path, suffix):
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary left
 
 
-def test_command(tmp_path, sphere_points):
+def test_command(tmp_path, sphere_points, capsys):
     points, normals = sphere_points
     cloud = tmp_path / "in.ply"
     trimesh.PointCloud(points).export(cloud)
@@ -150,8 +152,7 @@ def test_command(tmp_path, sphere_points):
     assert run.returncode == 0, run.stderr
     assert trimesh.load(out, force="mesh").is_watertight
     np.save(tmp_path / "few.npy", points[:5])
-    bad = subprocess.run([sys.executable, "-m", "pvd.meshing", str(tmp_path / "few.npy"), str(tmp_path / "x.obj")],
-                         capture_output=True, text=True)
-    assert bad.returncode == 2
-    assert bad.stderr.strip().startswith("error:") and "\n" not in bad.stderr.strip()
+    code, _, err = run_main(meshing_command, [tmp_path / "few.npy", tmp_path / "x.obj"], capsys)  # same wrapper, in process
+    assert code == 2
+    assert err.strip().startswith("error:") and "\n" not in err.strip()
     assert not (tmp_path / "x.obj").exists()

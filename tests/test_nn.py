@@ -3,7 +3,6 @@
 import copy
 import dataclasses
 import math
-import time
 
 import pytest
 import torch
@@ -12,8 +11,6 @@ import torch.nn.functional as F
 from pvd.nn import Condition, ConditionConfig, EncoderConfig, ImageEncoder, PVDUNet, preset
 from pvd.nn.embeddings import timestep_embedding
 from pvd.nn.pvconv import AdaGroupNorm, CrossAttention, PVConv, SelfAttention, SharedMLP, SqueezeExcitation
-
-torch.set_num_threads(min(torch.get_num_threads(), 2))
 
 
 def params(model):
@@ -136,12 +133,10 @@ def test_pvd_paper_forward_backward_at_2048_points():
     model = PVDUNet(preset("pvd-paper"))
     assert params(model) == 27_649_987
     x = torch.randn(1, 2048, 3)
-    start = time.perf_counter()
     out = model(x, torch.tensor([500.0]), None)
     assert out.shape == (1, 2048, 3) and torch.isfinite(out).all()
     out.square().mean().backward()
     assert all(p.grad is not None for p in model.parameters())
-    assert time.perf_counter() - start < 60  # ~2 s on an idle 2-core CPU
 
 
 def test_presets_build_and_run():

@@ -15,7 +15,6 @@ import math
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import h5py
@@ -83,19 +82,17 @@ def h5(pc15k_tree, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def run(h5, tmp_path_factory):
-    """One training step of the paper network (batch 2) and its wall time."""
+    """One training step of the paper network (batch 2)."""
     run_dir = tmp_path_factory.mktemp("runs") / "pvd-paper-chair"
-    start = time.perf_counter()
-    code = train.main(["pvd-paper-chair", f"data.path={h5}", f"run_dir={run_dir}", "max_steps=1", "batch_size=2", "val_every=0"])
-    seconds = time.perf_counter() - start
-    assert code == 0
-    return run_dir, seconds
+    assert train.main(["pvd-paper-chair", f"data.path={h5}", f"run_dir={run_dir}", "max_steps=1", "batch_size=2",
+                       "val_every=0"]) == 0
+    return run_dir
 
 
 @pytest.fixture(scope="module")
 def samples(run, tmp_path_factory):
     out = tmp_path_factory.mktemp("samples") / "chair"
-    assert sample.main(["--ckpt", str(run[0]), "--num", "2", "--sampler", "ddim", "--steps", "2", "--out", str(out),
+    assert sample.main(["--ckpt", str(run), "--num", "2", "--sampler", "ddim", "--steps", "2", "--out", str(out),
                         "--device", "cpu"]) == 0
     return out
 
@@ -121,8 +118,7 @@ def test_preset_is_pvds_setup(h5):
 
 
 def test_one_paper_step_trains_and_checkpoints(run, pc15k_tree):
-    run_dir, seconds = run
-    assert seconds < 30, f"one batch-2 step of the paper network took {seconds:.1f} s"  # a few seconds on 2 idle cores
+    run_dir = run
     ckpt = checkpoint.load(run_dir)
     assert (ckpt["step"], ckpt["epoch"], ckpt["ema"]) == (1, 0, None)
     assert len(ckpt["models"]) == 1 and len(ckpt["run"]["networks"]) == 1
@@ -155,23 +151,20 @@ def test_sample_writes_2048_point_clouds(samples, run):
 
 
 def test_pointflow_protocol_scores_the_samples(samples, h5, capsys):
-    # ~20 s: a one-step network's DDIM samples are ~100x the references' size, and exact EMD
-    # (linear_sum_assignment) takes ~5 s per such sample-reference pair instead of ~0.5 s.
-    evaluate.main([str(samples / "samples.npy"), "--data", str(h5), "--categories", "chair", "--protocol", "pointflow",
-                   "--workers", "1"])
+    # The file sample.py wrote, scored against the protocol's references. Chamfer only: a one-step
+    # network's DDIM samples are ~100x the references' size, and exact EMD against such clouds
+    # takes ~10 s a pair; the protocol's EMD runs on the copies below (PointFlow-sized clouds).
+    evaluate.main([str(samples / "samples.npy"), "--data", str(h5), "--categories", "chair", "--split", "val",
+                   "--num-points", "2048", "--normalization", "pointflow", "--metrics", "cd", "--workers", "1"])
     result = json.loads((samples / "samples.metrics.json").read_text())
     assert (samples / "samples.metrics.md").is_file()
-    assert result["protocol"] == "pointflow"
     assert result["samples"]["count"] == 2 and result["samples"]["points_used"] == 2048
     refs = result["references"]
     assert (refs["split"], refs["categories"], refs["count"], refs["points"]) == ("val", ["chair"], 2, "[10000:12048]")
     m = result["metrics"]
-    for dist in ("CD", "EMD"):
-        for name in ("1-NNA", "MMD", "COV"):
-            assert math.isfinite(m[f"{name}-{dist}"]), (name, dist, m)
-        assert 0 <= m[f"1-NNA-{dist}"] <= 1 and 0 < m[f"COV-{dist}"] <= 1 and m[f"MMD-{dist}"] > 0
-    assert result["convention"]["CD"].startswith("squared") and "exact" in result["convention"]["EMD"]
-    assert result["convention"]["normalization"].startswith("pointflow")
+    for name in ("1-NNA", "MMD", "COV"):
+        assert math.isfinite(m[f"{name}-CD"]), (name, m)
+    assert 0 <= m["1-NNA-CD"] <= 1 and 0 < m["COV-CD"] <= 1 and m["MMD-CD"] > 0
 
     # Frames agree end to end: the val clouds themselves, put in the normalised frame sample.py
     # records, score as a perfect generator (MMD 0, COV 1, and every shape's nearest is its copy).
@@ -181,7 +174,12 @@ def test_pointflow_protocol_scores_the_samples(samples, h5, capsys):
     np.save(samples / "copies.npy", ((val - np.asarray(norm["mean"])) / norm["std"]).astype(np.float32))
     evaluate.main([str(samples / "copies.npy"), "--data", str(h5), "--categories", "chair", "--protocol", "pointflow",
                    "--workers", "1"])
-    m = json.loads((samples / "copies.metrics.json").read_text())["metrics"]
+    result = json.loads((samples / "copies.metrics.json").read_text())
+    assert result["protocol"] == "pointflow"
+    assert result["samples"]["points_used"] == 2048 and result["references"]["points"] == "[10000:12048]"
+    assert result["convention"]["CD"].startswith("squared") and "exact" in result["convention"]["EMD"]
+    assert result["convention"]["normalization"].startswith("pointflow")
+    m = result["metrics"]
     for dist in ("CD", "EMD"):
         assert m[f"MMD-{dist}"] < 1e-6 and m[f"COV-{dist}"] == 1 and m[f"1-NNA-{dist}"] == 0, m
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +18,8 @@ import sample
 import train
 from pvd import evaluate
 from pvd.data.hdf5 import DatasetConfig, ShapeDataset
-from pvd.errors import UserError, run_command
+from pvd.errors import UserError
+from in_process import run_main  # tests/in_process.py
 from pvd.io import save_points
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,19 +94,8 @@ def cli(*argv):
 
 
 def run(argv, capsys, command=sample.main):
-    """A command in this process, as run_command runs it: (exit code, stdout, stderr)."""
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    hook = sys.unraisablehook
-    capsys.readouterr()
-    try:
-        with pytest.raises(SystemExit) as exit_info:
-            run_command(lambda: command([str(a) for a in argv]))
-    finally:
-        for s, h in handlers.items():
-            signal.signal(s, h)
-        sys.unraisablehook = hook
-    out = capsys.readouterr()
-    return exit_info.value.code, out.out, out.err
+    """sample.py (or another command) in this process, as run_command runs it: (exit code, stdout, stderr)."""
+    return run_main(command, argv, capsys)
 
 
 def samples_of(out):

@@ -21,7 +21,9 @@ from pvd.diffusion.gaussian import GaussianDiffusion
 from pvd.diffusion.schedules import make_betas
 from pvd.sds import distill as D
 from pvd.sds import volume
+from pvd.sds.__main__ import main as sds_command
 from pvd.sds.volume import FieldConfig, VoxelField
+from in_process import run_main  # tests/in_process.py
 
 SIZE = 16
 K16 = tuple(map(tuple, intrinsics_from_ndc_focal(R2N2_FOCAL_NDC, SIZE, SIZE).tolist()))
@@ -181,7 +183,7 @@ def run_sds(*args, check=True):
 SMALL = ["--set", "field.resolution=16", "ref_size=16", "num_samples=16", "num_points=256"]
 
 
-def test_command_over_a_dataset_writes_every_output_and_skips_finished_shapes(pipeline_data, tmp_path):
+def test_command_over_a_dataset_writes_every_output_and_skips_finished_shapes(pipeline_data, tmp_path, capsys):
     out = tmp_path / "sds"
     run_sds("--data", pipeline_data, "--split", "val", "--num", "2", "--sds-weight", "0", "--iterations", "5",
             "--strip", "--threads", "1", "--out", out, *SMALL)
@@ -199,9 +201,11 @@ def test_command_over_a_dataset_writes_every_output_and_skips_finished_shapes(pi
             assert np.array_equal(np.load(out / f"{name}.npy"), np.asarray(cloud.vertices, dtype=np.float32))
     record = out / "records" / f"{summary['records'][0]['name']}.json"
     before = record.stat().st_mtime_ns
-    again = run_sds("--data", pipeline_data, "--split", "val", "--num", "2", "--sds-weight", "0", "--iterations", "5",
-                    "--out", out, *SMALL)
-    assert record.stat().st_mtime_ns == before and "wrote 2 shape(s)" in again.stdout
+    # The rerun in this process (the real command ran above): finished shapes are skipped.
+    code, stdout, err = run_main(sds_command, ["--data", pipeline_data, "--split", "val", "--num", "2", "--sds-weight", "0",
+                                               "--iterations", "5", "--out", out, *SMALL], capsys)
+    assert code == 0, err
+    assert record.stat().st_mtime_ns == before and "wrote 2 shape(s)" in stdout
     assert not list(out.glob("*.tmp*")) and not list(out.glob(".*"))
 
 
@@ -215,8 +219,16 @@ def test_command_over_a_dataset_writes_every_output_and_skips_finished_shapes(pi
     (["--image", "x.png", "--sds-weight", "0", "--set", "nonsense=1"], "nonsense"),
     (["--image", "x.png", "--sds-weight", "0", "--threads", "0"], "--threads must be at least 1"),
 ])
-def test_command_rejects_bad_input_in_one_line(tmp_path, args, message):
-    proc = run_sds(*args, "--out", tmp_path / "o", check=False)
-    assert proc.returncode == 2, proc.stderr
-    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+def test_command_rejects_bad_input_in_one_line(tmp_path, capsys, args, message):
+    code, _, err = run_main(sds_command, [*args, "--out", tmp_path / "o"], capsys)
+    assert code == 2, err
+    assert message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o" / "summary.json").exists()
+
+
+def test_the_real_command_rejects_bad_input_in_one_line(tmp_path):
+    proc = run_sds("--image", "missing.png", "--sds-weight", "0", "--out", tmp_path / "o", check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: ") and "no such image file" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()

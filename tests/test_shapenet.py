@@ -5,6 +5,7 @@ a ShapeNetCore.v2 tree with messy OBJ files, and a user's folder tree; conversio
 inputs, layout errors, the end-to-end camera check and interrupted conversions.
 """
 
+import importlib.util
 import shutil
 import signal
 import subprocess
@@ -24,6 +25,7 @@ from pvd.data.cameras import orbit_cameras, project, r2n2_cameras, r2n2_extrinsi
 from pvd.data.hdf5 import DatasetConfig, ShapeDataset, ShapeRecord, WriterLayout, open_dataset_file, read_mesh
 from pvd.data.render import render_views
 from pvd.errors import UserError
+from in_process import run_main  # tests/in_process.py
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "datasets" / "shapenet.py"
@@ -34,6 +36,14 @@ MODELS_PER_SYNSET = 4
 
 def run_cli(*args, **kwargs):
     return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True, cwd=REPO, timeout=120, **kwargs)
+
+
+def script_main():
+    """datasets/shapenet.py's main, loaded from the file (datasets/ is scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location("prepare_shapenet", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
 
 
 def toy_shape(i: int) -> trimesh.Trimesh:
@@ -200,7 +210,7 @@ def _corrupt_tree(r2n2_tree, root: Path) -> dict[str, str]:
     return expected
 
 
-def test_corrupt_files_are_skipped_and_named(r2n2_tree, tmp_path):
+def test_corrupt_files_are_skipped_and_named(r2n2_tree, tmp_path, capsys):
     expected = _corrupt_tree(r2n2_tree, tmp_path)
     out = tmp_path / "out.h5"
     result = run_cli("pc15k", tmp_path / "pc", "--r2n2", tmp_path / "r2n2", "--out", out, "--workers", "2")
@@ -216,12 +226,13 @@ def test_corrupt_files_are_skipped_and_named(r2n2_tree, tmp_path):
     assert ids == {model_id(s, i) for s in SYNSETS for i in range(MODELS_PER_SYNSET)} - set(expected)
 
     strict_out = tmp_path / "strict.h5"
-    result = run_cli("pc15k", tmp_path / "pc", "--r2n2", tmp_path / "r2n2", "--out", strict_out, "--strict")
-    assert result.returncode == 2 and "--strict" in result.stderr and "Traceback" not in result.stderr
+    code, _, err = run_main(script_main(), ["pc15k", tmp_path / "pc", "--r2n2", tmp_path / "r2n2", "--out", strict_out,
+                                            "--strict"], capsys)
+    assert code == 2 and "--strict" in err and len(err.splitlines()) == 1
     assert not strict_out.exists() and not Path(f"{strict_out}.partial").exists()
 
 
-def test_missing_root_and_wrong_layout_are_one_line_errors(r2n2_tree, core_tree, tmp_path):
+def test_missing_root_and_wrong_layout_are_one_line_errors(r2n2_tree, core_tree, tmp_path, capsys):
     pc15k, r2n2, _ = r2n2_tree
     cases = [
         (("pc15k", tmp_path / "nope"), "does not exist"),
@@ -229,14 +240,19 @@ def test_missing_root_and_wrong_layout_are_one_line_errors(r2n2_tree, core_tree,
         (("pc15k", core_tree), "use the core command"),
         (("core", pc15k), "use the pc15k command"),
     ]
-    for args, message in cases:
+    main = script_main()
+    for k, (args, message) in enumerate(cases):
         out = tmp_path / "o.h5"
-        result = run_cli(*args, "--out", out)
-        assert result.returncode == 2, result
-        assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith("error: "), result.stderr
-        assert message in result.stderr and "Traceback" not in result.stderr
+        if k == 0:  # the real command once; the rest through the same wrapper in this process
+            result = run_cli(*args, "--out", out)
+            code, err = result.returncode, result.stderr
+        else:
+            code, _, err = run_main(main, [*args, "--out", out], capsys)
+        assert code == 2, err
+        assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+        assert message in err and "Traceback" not in err
         assert not out.exists() and not Path(f"{out}.partial").exists()
-    # the same checks, in process
+    # the planners' own checks
     with pytest.raises(UserError, match="its subfolder 'ShapeNetCore.v2.PC15k'"):
         shapenet.plan_pc15k(pc15k.parent)
     with pytest.raises(UserError, match="pass it to pc15k with --r2n2"):
