@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 
 import bench
 import train
+from pvd.bench import training
 from pvd.errors import UserError
 from pvd.pfid import ClassifierConfig, save_classifier, train_classifier
 from pvd.sds import train_prior
@@ -125,25 +127,43 @@ def test_other_settings_in_the_same_folder_are_refused(models, first):
         bench.main(args(models, first, "--seed", "1"))
 
 
-@pytest.mark.parametrize("change,message", [
+BAD_INPUT = [
     ({"--data": "missing.h5"}, "no such file"),
     ({"--pvd": "cascade"}, "is a cascade run"),
     ({"--pvd-cascade": "single"}, "is a single-stage run"),
     ({"--steps-curve": "euler:3"}, "unknown sampler"),
     ({"--num": "0"}, "--num must be at least 1"),
     ({"--sds": "pfid"}, "not an SDS prior|checkpoint"),
-])
-def test_bad_input_is_one_line_and_exit_2(models, tmp_path, change, message):
-    argv = args(models, tmp_path / "out")
+]
+
+
+def bad_args(models, out, change):
+    argv = args(models, out)
     for key, value in change.items():
         argv[argv.index(key) + 1] = models.get(value, value)
+    return argv
+
+
+def test_bad_input_is_one_line_and_exit_2(models, tmp_path):
+    """The command's wrapper, in a real process (one case: the interpreter and torch import cost
+    seconds): a UserError becomes one line ``error: ...`` on stderr, no traceback, exit code 2."""
+    change, message = BAD_INPUT[0]
+    argv = bad_args(models, tmp_path / "out", change)
     done = subprocess.run([sys.executable, str(ROOT / "bench.py"), *argv], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ")
-    import re
-
     assert re.search(message, lines[0]), lines[0]
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+@pytest.mark.parametrize("change,message", BAD_INPUT)
+def test_bad_input_is_a_one_line_user_error(models, tmp_path, monkeypatch, change, message):
+    """Every bad input is a UserError (what the wrapper above prints as one line), raised before any result."""
+    monkeypatch.chdir(tmp_path)  # relative paths resolve as in the subprocess case
+    with pytest.raises(UserError, match=message) as raised:
+        bench.main(bad_args(models, tmp_path / "out", change))
+    assert "\n" not in str(raised.value)
     assert not (tmp_path / "out" / "results.json").exists()
 
 
@@ -162,7 +182,7 @@ def test_train_mode_commands_resolve_to_the_intended_configs(models, tmp_path):
     from pvd.sds.train_prior import parse_config as parse_prior
 
     cli = bench.build_train_parser().parse_args(["--data", models["data"], "--out", str(tmp_path / "runs")])
-    steps = {name: cmd for name, cmd, _ in bench.train_steps(cli)}
+    steps = {name: cmd for name, cmd, _ in training.train_steps(cli)}
     single = train.parse_config(steps["single"][2:])
     assert (single.model, single.data.num_points, single.diffusion.cascade) == ("quick", 512, None)
     assert single.run_dir == str(tmp_path / "runs" / "single") and single.data.path == models["data"]
@@ -180,7 +200,7 @@ def test_train_mode_runs_each_step_once_and_logs_its_time(models, tmp_path, monk
         return [(name, [sys.executable, "-c", f"import os; os.makedirs({str(out / name)!r})"], out / name)
                 for name in ("single", "cascade", "sds", "pfid")]
 
-    monkeypatch.setattr(bench, "train_steps", fake_steps)
+    monkeypatch.setattr(training, "train_steps", fake_steps)
     argv = ["train", "--data", models["data"], "--out", str(tmp_path / "runs")]
     assert bench.main(argv) == 0
     runs = tmp_path / "runs"

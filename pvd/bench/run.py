@@ -1,0 +1,248 @@
+"""One benchmark run: load the runs and the test shapes, produce every method's outputs (cached
+per shape), score them, sample the quality curves, measure cost, and write the results and
+figures into --out."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import shlex
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pvd import __version__
+from pvd.bench.aggregates import differences, distribution, per_category, summarize
+from pvd.bench.baselines import retrieval_baselines, run_sds, sds_cost
+from pvd.bench.common import (BOOTSTRAP, METHOD_ORDER, file_identity, finite_mean, machine, stable_seed, write_json,
+                              write_text)
+from pvd.bench.data import Data, Shape, load_data
+from pvd.bench.figures import figure_curve, figure_grid, figure_worst
+from pvd.bench.model import PVDModel, Spec, chunk_timing, measure_cost, sample_method
+from pvd.bench.report import conventions_record, csv_text, markdown
+from pvd.bench.scoring import Surface, mesh_surface, reduce_points, score_method, stored_surface
+from pvd.bench.training import training_log
+from pvd.errors import UserError
+from pvd.metrics.bootstrap import bootstrap_mean_ci
+from pvd.runtime import pick_device
+
+
+def check_settings(out: Path, settings: dict[str, Any]) -> None:
+    """A folder holds the results of one setting: refuse to mix (the caches would be wrong)."""
+    path = out / "settings.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+        if changed:
+            raise UserError(f"{out} holds results of other settings (they differ in: {', '.join(changed)}); "
+                            f"use a fresh --out or delete {out}")
+    else:
+        write_json(path, settings)
+
+
+def load_models(args: argparse.Namespace, device: torch.device) -> tuple[PVDModel, PVDModel | None]:
+    """The single-stage run (--pvd) and the cascade (--pvd-cascade, optional), each checked to be what it claims."""
+    single = PVDModel(args.pvd, device, "pvd")
+    if single.is_cascade:
+        raise UserError(f"--pvd {args.pvd} is a cascade run; give it as --pvd-cascade and a single-stage run as --pvd")
+    cascade = PVDModel(args.pvd_cascade, device, "cascade") if args.pvd_cascade else None
+    if cascade is not None and not cascade.is_cascade:
+        raise UserError(f"--pvd-cascade {args.pvd_cascade} is a single-stage run")
+    return single, cascade
+
+
+def chosen_spec(args: argparse.Namespace, single: PVDModel) -> Spec:
+    """The run's recommended sampler setting, with --sampler / --steps / --guidance applied."""
+    if args.sampler is None or args.sampler == single.recommended.sampler:
+        steps = single.recommended.steps if args.sampler is None or args.sampler != "ddpm" else None
+    else:
+        steps = None  # another sampler: its own default step count
+    if args.steps is not None:
+        steps = args.steps
+    return Spec(args.sampler or single.recommended.sampler, steps,
+                float(args.guidance if args.guidance is not None else single.recommended.guidance))
+
+
+def surface_function(method: str, args: argparse.Namespace, data: Data, k: int, sds: dict[str, dict[str, Any]],
+                     chosen: dict[str, dict[str, int]]) -> Callable[[Shape, np.ndarray | None], Surface | None]:
+    """surfaces(shape, pred) for score_method: the surface that ``method`` answers ``shape`` with."""
+    def surfaces(shape: Shape, pred: np.ndarray | None) -> Surface | None:
+        seed = stable_seed(args.seed, method, shape.row, "mesh")
+        if method in ("retrieval", "oracle"):
+            return stored_surface(args.data, chosen[method][shape.name], data.info.num_train_points, data.has_normals)
+        if method == "truth-resample":
+            return stored_surface(args.data, shape.row, 0, data.has_normals)
+        if method == "sds":
+            return mesh_surface(None, sds[shape.name]["mesh"], seed) if sds[shape.name]["mesh"] else None
+        if pred is None:
+            return None
+        return mesh_surface(reduce_points(pred, k, stable_seed(args.seed, method, shape.row, "reduce")), None, seed)
+    return surfaces
+
+
+def run_curves(single: PVDModel, curve_specs: dict[str, list[Spec]], data: Data, curve_num: int, k: int,
+               args: argparse.Namespace, out: Path) -> tuple[dict[str, list[dict[str, Any]]], dict[str, dict[str, Any]]]:
+    """Quality (CD, F@1%, F@2% with intervals) and timing per sampler setting on the first curve_num shapes."""
+    curve_data = dataclasses.replace(data, num=curve_num)
+    curves: dict[str, list[dict[str, Any]]] = {}
+    timing: dict[str, dict[str, Any]] = {}
+    for key, specs in curve_specs.items():
+        points = []
+        for sp in specs:
+            folder = out / "samples" / f"pvd@{sp.label}"
+            samples = sample_method(single, sp, data, curve_num, args.batch, args.seed, folder, f"curve {sp.label}")
+            recs, _ = score_method(f"pvd@{sp.label}", samples, curve_data, k, args.seed,
+                                   out / "metrics" / f"pvd@{sp.label}", lambda shape, pred: None)
+            entry = {"label": sp.label, "sampler": sp.sampler, "steps": single.step_count(sp), "guidance": sp.guidance,
+                     "shapes": len(recs)}
+            for m in ("cd", "f1", "f2"):
+                entry[m] = bootstrap_mean_ci([r[m] for r in recs.values()], **BOOTSTRAP).as_dict()
+            points.append(entry)
+            timing.setdefault(key, {})[sp.label] = chunk_timing(folder)
+        curves[key] = points
+    return curves, timing
+
+
+def quality_record(records: dict[str, dict[str, dict[str, Any]]], single: PVDModel, cascade: PVDModel | None,
+                   sds: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Summaries, per-category means, paired differences, the ablation, worst shapes and SDS flags."""
+    quality: dict[str, Any] = {"methods": {m: summarize(r) for m, r in records.items()},
+                               "per_category": {m: per_category(r) for m, r in records.items()},
+                               "differences": differences(records, "pvd")}
+    if "cascade" in records:
+        quality["differences"] += [d for d in differences(records, "cascade") if d["b"] in ("retrieval", "sds")]
+        quality["ablation"] = {"stages": {"pvd": " -> ".join(map(str, single.describe()["stages"])),
+                                          "cascade": " -> ".join(map(str, cascade.describe()["stages"]))},
+                               "train_step": {"pvd": "single", "cascade": "cascade"}}
+    quality["worst"] = {m: [n for n, _ in sorted(r.items(), key=lambda item: -item[1]["cd"])[:5]] for m, r in records.items()}
+    if sds:
+        quality["sds_flags"] = {f: int(sum(bool(v["record"].get(f)) for v in sds.values()))
+                                for f in ("janus", "floaters", "empty")}
+        quality["sds_flags"]["janus_score_mean"] = finite_mean([v["record"].get("janus_score") for v in sds.values()])
+    return quality
+
+
+def run_benchmark(args: argparse.Namespace, argv: list[str]) -> int:
+    """The benchmark of bench.py's docstring; args: bench.py's parsed and checked arguments
+    (check_args adds batches, distribution_metrics and the parsed curves), argv: as typed."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    wall = time.perf_counter()
+    device = pick_device(args.device)
+    out = Path(args.out)
+
+    single, cascade = load_models(args, device)
+    k = args.points or single.num_points
+    view = args.view if args.view is not None else single.cfg.data.eval_view
+    data = load_data(args.data, args.split, view, single.trained_categories, args.num, k)
+    if cascade is not None and sorted(cascade.trained_categories) != sorted(single.trained_categories):
+        raise UserError("--pvd and --pvd-cascade were trained on different categories")
+    spec = chosen_spec(args, single)
+    single.check_spec(spec)
+    curve_specs = {"steps": [Spec(n, s, spec.guidance) for n, s in args.steps_curve_settings],
+                   "guidance": [dataclasses.replace(spec, guidance=g) for g in args.guidance_values]}
+    for specs in curve_specs.values():
+        for sp in specs:
+            single.check_spec(sp)
+    classifier = None
+    default_pfid = Path(args.data).with_suffix(".pfid")  # python -m pvd.pfid train's default output
+    pfid_path = args.pfid or (str(default_pfid) if default_pfid.is_dir() else None)
+    if pfid_path:
+        from pvd.pfid import load_classifier
+
+        classifier = load_classifier(pfid_path)
+    if args.sds:
+        from pvd.sds.prior import load_prior
+
+        load_prior(args.sds)  # one-line error now rather than after the PVD sampling
+
+    settings = {"data": file_identity(args.data), "pvd": single.describe(), "cascade": cascade.describe() if cascade else None,
+                "sds": str(Path(args.sds).resolve()) if args.sds else None, "sds_set": args.sds_set, "split": args.split,
+                "view": view, "points": k, "seed": args.seed, "batch": args.batch, "sampler": dataclasses.asdict(spec),
+                "retrieval_metric": args.retrieval_metric, "pfid": str(Path(pfid_path).resolve()) if pfid_path else None}
+    out.mkdir(parents=True, exist_ok=True)
+    check_settings(out, settings)
+    torch.manual_seed(args.seed)
+
+    # --- outputs of every method (world frame), cached per shape ---
+    outputs: dict[str, dict[str, Any]] = {}
+    outputs["pvd"] = sample_method(single, spec, data, data.num, args.batch, args.seed,
+                                   out / "samples" / f"pvd@{spec.label}", "pvd")
+    if cascade is not None:
+        outputs["cascade"] = sample_method(cascade, spec, data, data.num, args.batch, args.seed,
+                                           out / "samples" / f"cascade@{spec.label}", "cascade")
+    sds = {}
+    if args.sds and args.sds_num > 0:
+        sds = run_sds(args, data, device, out / "sds")
+        outputs["sds"] = {name: v["points"] for name, v in sds.items()}
+
+    baselines = retrieval_baselines(single, data, args, k, out / "cache", device)
+    outputs.update(baselines["outputs"])
+    chosen = baselines["chosen"]
+    outputs["truth-resample"] = {s.name: s.resample for s in data.shapes[: data.num]}
+
+    # --- per-shape metrics ---
+    records, clouds = {}, {}
+    for method in METHOD_ORDER:
+        if method in outputs:
+            records[method], clouds[method] = score_method(method, outputs[method], data, k, args.seed,
+                                                           out / "metrics" / method,
+                                                           surface_function(method, args, data, k, sds, chosen))
+
+    # --- curves (the first --curve-num shapes) ---
+    curve_num = min(args.curve_num, data.num)
+    curves, curve_cost = run_curves(single, curve_specs, data, curve_num, k, args, out)
+
+    # --- aggregates ---
+    quality = quality_record(records, single, cascade, sds)
+    quality["chosen"] = chosen
+    quality["curves"] = curves
+    if args.distribution_metrics or classifier is not None:
+        quality["distribution"] = distribution(clouds, data, k, args.distribution_metrics, args.workers, classifier,
+                                               out / "cache" / "matrices")
+
+    # --- cost ---
+    cost: dict[str, Any] = {"methods": {}, "curves": curve_cost}
+    cost["methods"]["pvd"] = measure_cost(single, spec, data, args.latency_shapes, args.batches)
+    if cascade is not None:
+        cost["methods"]["cascade"] = measure_cost(cascade, spec, data, args.latency_shapes, args.batches)
+    if sds:
+        cost["methods"]["sds"] = sds_cost(sds)
+        cost["latency_ratio_sds_over_pvd"] = (cost["methods"]["sds"]["seconds_per_shape_batch1"] /
+                                              cost["methods"]["pvd"]["seconds_per_shape_batch1"])
+    cost["methods"]["retrieval"] = baselines["cost"]
+    cost["memory_note"] = ("CPU: the resident set of the process at its peak (it includes the loaded models and "
+                           "data, an upper bound on what the method needs); CUDA: the allocator's peak. SDS runs in "
+                           "its own process.")
+    cost["training"] = training_log([args.pvd, args.pvd_cascade, args.sds])
+    cost["wall_seconds"] = time.perf_counter() - wall
+
+    result = {
+        "pvd_version": __version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": "python bench.py " + " ".join(shlex.quote(a) for a in argv),
+        "machine": machine(),
+        "settings": {**settings, "data": args.data, "data_file": settings["data"], "shapes": data.num,
+                     "sds_shapes": len(sds), "categories": single.trained_categories, "curve_shapes": curve_num},
+        "conventions": conventions_record(data, k),
+        "quality": quality,
+        "cost": cost,
+    }
+    write_json(out / "results.json", result)
+    write_text(out / "results.csv", csv_text(records))
+    write_text(out / "results.md", markdown(result))
+    figure_grid(data, outputs, out / "grid.png")
+    figure_worst(data, records, clouds, out / "worst.png", quality["worst"])
+    if curves.get("steps"):
+        figure_curve(curves["steps"], "steps", "sampler", out / "steps.png", "sampler steps", log=True)
+    if curves.get("guidance"):
+        figure_curve(curves["guidance"], "guidance", None, out / "guidance.png", "guidance scale", log=False)
+    print(f"wrote {out}/results.md, results.json, results.csv and figures "
+          f"({data.num} shapes, {len(sds)} with SDS; {(time.perf_counter() - wall) / 60:.1f} min)")
+    return 0
