@@ -22,7 +22,7 @@ from pvd.pfid import ClassifierConfig, save_classifier, train_classifier
 from pvd.sds import train_prior
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

@@ -199,6 +199,7 @@ class ToyDenoiser(nn.Module):
         return self.net(torch.cat([x, glob[:, None].expand(-1, n, -1)], dim=2))
 
 
+@pytest.mark.slow
 def test_toy_cascade_trains_and_samples_end_to_end():
     torch.manual_seed(0)  # the networks' initialisation
     cfg = DiffusionConfig(schedule="cosine", num_steps=100, mean_type="v", sampler="dpm++2m", sampling_steps=15,

@@ -36,7 +36,7 @@ CHAIR = "03001627"
 SPLITS = {"train": 4, "val": 2, "test": 2}  # batch 2 divides the 4 train shapes; 2 samples match 2 val shapes
 PAPER_PARAMS = 27_649_987
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 
 
 def toy_cloud(k: int) -> np.ndarray:

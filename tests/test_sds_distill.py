@@ -183,6 +183,7 @@ def run_sds(*args, check=True):
 SMALL = ["--set", "field.resolution=16", "ref_size=16", "num_samples=16", "num_points=256"]
 
 
+@pytest.mark.slow
 def test_command_over_a_dataset_writes_every_output_and_skips_finished_shapes(pipeline_data, tmp_path, capsys):
     out = tmp_path / "sds"
     run_sds("--data", pipeline_data, "--split", "val", "--num", "2", "--sds-weight", "0", "--iterations", "5",

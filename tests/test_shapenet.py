@@ -515,6 +515,7 @@ def big_core_tree(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
 def test_killed_conversion_leaves_no_complete_file(big_core_tree, tmp_path, sig):
     out = tmp_path / "killed.h5"

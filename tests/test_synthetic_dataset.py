@@ -151,6 +151,7 @@ def test_splits_cover_val_and_test():
     assert Counter(_split_of(i, 3, (0.8, 0.1, 0.1)) for i in range(3)) == {"train": 1, "val": 1, "test": 1}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGKILL"])
 def test_interrupted_generation_leaves_no_complete_file(tmp_path, signal_name):
     import signal

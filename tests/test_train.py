@@ -101,6 +101,7 @@ def test_resume_from_a_middle_checkpoint_is_bitwise(data, reference, tmp_path):
     assert_bitwise(weights(reference), weights(run))
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_is_bitwise(data, reference, tmp_path):
     run = tmp_path / "run"
     proc = cli(*args(data, run, "max_steps=400", "ckpt_every=3"))
@@ -117,6 +118,7 @@ def test_sigkill_then_resume_is_bitwise(data, reference, tmp_path):
     assert_bitwise(weights(reference), weights(run, 6))
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_before_exit_and_resume_is_bitwise(data, tmp_path):
     run = tmp_path / "run"
     proc = cli(*args(data, run, "max_steps=400", "ckpt_every=1000"))
@@ -137,6 +139,7 @@ def test_sigterm_checkpoints_before_exit_and_resume_is_bitwise(data, tmp_path):
     assert_bitwise(weights(tmp_path / "straight"), weights(run, stopped_at + 2))
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(data, tmp_path):
     # Dropout masks come from each process's own generator, so the comparison runs without it;
     # every other draw is keyed to the sample and is the same in both runs.
