@@ -104,10 +104,12 @@ def ddpm_sample(diffusion: GaussianDiffusion, model: Model, shape: tuple[int, in
 
 
 def ddim_timesteps(num_steps: int, steps: int) -> list[int]:
-    """``steps`` timesteps from T-1 down to 0, evenly spaced and rounded (all T when steps = T)."""
+    """``steps`` timesteps from T-1 down, evenly spaced and "trailing" (Lin et al. 2024, Table 2):
+    T/steps apart, the last at T/steps - 1, so no call is spent at t = 0, where x_t is already
+    x0 up to sqrt(1 - alpha_bar_0). All T when steps = T; e.g. T = 1000, steps 10: 999, 899, ..., 99."""
     if not 1 <= steps <= num_steps:
         raise ValueError(f"steps must lie in 1..{num_steps}, got {steps}")
-    return [int(t) for t in np.round(np.linspace(num_steps - 1, 0, steps))]
+    return [int(t) - 1 for t in np.round(np.linspace(num_steps, 0, steps + 1))[:-1]]
 
 
 def ddim_sample(diffusion: GaussianDiffusion, model: Model, shape: tuple[int, int, int], cond: Any = None, *,
@@ -141,30 +143,37 @@ def dpm_solver_pp_sample(diffusion: GaussianDiffusion, model: Model, shape: tupl
                          generator: torch.Generator, guidance_scale: float = 1.0, fixed: torch.Tensor | None = None,
                          progress: Progress | None = None, x_T: torch.Tensor | None = None,
                          dtype: torch.dtype = torch.float32, device=None, steps: int = 25) -> torch.Tensor:
-    """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Algorithm 2): one model call per step.
+    """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Algorithm 2): ``steps`` model calls.
 
-    Steps are uniform in lambda = log(alpha / sigma) from t = T-1 to t = 0, mapped to
-    fractional timesteps. With h_i = lambda_i - lambda_{i-1}, r = h_{i-1} / h_i:
-    D = (1 + 1/(2r)) x0_{i-1} - 1/(2r) x0_{i-2} (D = x0_0 at the first step),
-    x_i = (sigma_i / sigma_{i-1}) x_{i-1} - alpha_i (exp(-h_i) - 1) D. Returns x at t = 0.
+    The calls sit at ``steps`` points uniform in lambda = log(alpha / sigma) from t = T-1 to
+    t = 0 (fractional timesteps). Between them, with h_i = lambda_i - lambda_{i-1} and
+    r = h_{i-1} / h_i: D = (1 + 1/(2r)) x0_{i-1} - 1/(2r) x0_{i-2},
+    x_i = (sigma_i / sigma_{i-1}) x_{i-1} - alpha_i (exp(-h_i) - 1) D. The first and the last
+    update are first order (D = x0_{i-1}; the paper's lower-order final step, which keeps few-step
+    runs stable), and the result is the x0 prediction of the last call, at t = 0 (one call: x0 from
+    t = T-1). On Gaussian data (tests/test_diffusion_samplers.py) 10 calls give 0.999 of the true
+    deviation; ending on x_0 after a second-order last step gave 1.03.
     """
     x, _ = _start(shape, fixed, generator, x_T, dtype, device)
     lsnr = diffusion.log_snr.numpy()
-    lam = np.linspace(lsnr[-1], lsnr[0], steps + 1) / 2  # lambda is half the log-SNR
+    lam = np.linspace(lsnr[-1], lsnr[0], steps) / 2  # lambda is half the log-SNR
     ts = diffusion.t_at_log_snr(2 * lam)
     alpha, sigma = np.sqrt(1 / (1 + np.exp(-2 * lam))), np.sqrt(1 / (1 + np.exp(2 * lam)))
     x0_prev = None
     for i in range(steps):
         out = _model_output(model, x, ts[i], cond, guidance_scale, fixed)
         x0 = diffusion.predict_x0(x, torch.full((x.shape[0],), ts[i], dtype=torch.float64), out)
-        h = lam[i + 1] - lam[i]
-        if x0_prev is None:
-            d = x0
+        if i == steps - 1:
+            x = x0
         else:
-            r = (lam[i] - lam[i - 1]) / h
-            d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
-        x = (sigma[i + 1] / sigma[i]) * x - alpha[i + 1] * math.expm1(-h) * d
-        x0_prev = x0
+            h = lam[i + 1] - lam[i]
+            if x0_prev is None or i == steps - 2:
+                d = x0
+            else:
+                r = (lam[i] - lam[i - 1]) / h
+                d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
+            x = (sigma[i + 1] / sigma[i]) * x - alpha[i + 1] * math.expm1(-h) * d
+            x0_prev = x0
         if progress is not None:
             progress(i + 1, steps)
     return _finish(x, fixed)
