@@ -1,7 +1,9 @@
 """Benchmark: native 3D diffusion (PVD) vs SDS lifting vs retrieval on the same test shapes.
 
 Train everything the benchmark needs (sequentially; each step's time is printed and kept in
-DIR/train-log.json; a step whose marker DIR/.done-STEP exists is skipped on a rerun):
+DIR/train-log.json). Rerun the same command after an interruption: finished steps (marker
+DIR/.done-STEP) are skipped, a started training run resumes from its newest checkpoint, and the
+step's time adds up its attempts, so a slow machine can spread the training over sessions:
 
     python bench.py train --data data/synth.h5 --out runs/bench
 

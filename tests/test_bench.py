@@ -16,6 +16,7 @@ import pytest
 
 import bench
 import train
+from pvd import checkpoint
 from pvd.bench import training
 from pvd.errors import UserError
 from pvd.pfid import ClassifierConfig, save_classifier, train_classifier
@@ -182,7 +183,7 @@ def test_train_mode_commands_resolve_to_the_intended_configs(models, tmp_path):
     from pvd.sds.train_prior import parse_config as parse_prior
 
     cli = bench.build_train_parser().parse_args(["--data", models["data"], "--out", str(tmp_path / "runs")])
-    steps = {name: cmd for name, cmd, _ in training.train_steps(cli)}
+    steps = {step.name: step.command for step in training.train_steps(cli)}
     single = train.parse_config(steps["single"][2:])
     assert (single.model, single.data.num_points, single.diffusion.cascade) == ("quick", 512, None)
     assert single.run_dir == str(tmp_path / "runs" / "single") and single.data.path == models["data"]
@@ -193,23 +194,55 @@ def test_train_mode_commands_resolve_to_the_intended_configs(models, tmp_path):
     assert steps["pfid"][1:4] == ["-m", "pvd.pfid", "train"]
 
 
-def test_train_mode_runs_each_step_once_and_logs_its_time(models, tmp_path, monkeypatch, capsys):
+def test_train_mode_runs_each_step_once_resumes_a_started_one_and_logs_its_time(models, tmp_path, monkeypatch, capsys):
+    runs = tmp_path / "runs"
+    fail_once = tmp_path / "pfid-fails-once"
+    fail_once.touch()
+    # Stand-ins for the commands: each writes a checkpoint into its folder as the real ones do and
+    # appends its arguments to calls.txt; pfid fails on its first attempt.
+    script = ("import os, sys, pathlib; folder, flag = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]); "
+              "(folder / 'checkpoints').mkdir(parents=True, exist_ok=True); "
+              "(folder / 'checkpoints' / 'step-00000001.pt').touch(); "
+              "open(folder.parent / 'calls.txt', 'a').write(' '.join(sys.argv[1:]) + '\\n'); "
+              "sys.exit(1 if folder.name == 'pfid' and flag.exists() and not flag.unlink() else 0)")
 
-    def fake_steps(args):  # stand-ins: each makes its folder, as the real commands do
+    def fake_steps(args):
         out = Path(args.out)
-        return [(name, [sys.executable, "-c", f"import os; os.makedirs({str(out / name)!r})"], out / name)
-                for name in ("single", "cascade", "sds", "pfid")]
+        return [training.TrainStep(name, [sys.executable, "-c", script, str(out / name), str(fail_once)], out / name,
+                                   name != "pfid") for name in ("single", "cascade", "sds", "pfid")]
 
     monkeypatch.setattr(training, "train_steps", fake_steps)
-    argv = ["train", "--data", models["data"], "--out", str(tmp_path / "runs")]
-    assert bench.main(argv) == 0
-    runs = tmp_path / "runs"
+    argv = ["train", "--data", models["data"], "--out", str(runs)]
+    with pytest.raises(UserError, match="step pfid failed .* run the same command again to continue it"):
+        bench.main(argv)
+    assert json.loads((runs / ".partial-pfid").read_text())[0] > 0  # the failed attempt's time is kept
+    assert bench.main(argv) == 0  # the three finished steps are skipped, pfid starts again
     log = json.loads((runs / "train-log.json").read_text())
     assert list(log) == ["single", "cascade", "sds", "pfid"] and all(v["seconds"] > 0 for v in log.values())
+    assert len(log["pfid"]["attempts"]) == 2 and log["pfid"]["seconds"] == pytest.approx(sum(log["pfid"]["attempts"]))
+    assert not (runs / ".partial-pfid").exists()
     assert all((runs / f".done-{name}").is_file() and (runs / name).is_dir() for name in log)
-    assert "python bench.py --data" in capsys.readouterr().out  # the next command
+    out = capsys.readouterr().out
+    assert "python bench.py --data" in out and "== pfid (starting again)" in out
     assert bench.main(argv) == 0
     assert capsys.readouterr().out.count("skipped") == 4
-    (runs / ".done-sds").unlink()  # an unfinished step whose folder exists is not overwritten
-    with pytest.raises(UserError, match="did not finish"):
-        bench.main(argv)
+    (runs / ".done-sds").unlink()  # started, not finished: it resumes from its checkpoint
+    assert bench.main(argv) == 0
+    assert "== sds (resuming)" in capsys.readouterr().out
+    calls = (runs / "calls.txt").read_text().splitlines()
+    assert [c.split()[0].rsplit("/", 1)[-1] for c in calls] == ["single", "cascade", "sds", "pfid", "pfid", "sds"]
+    assert calls[-1].endswith("resume=true") and not any(c.endswith("resume=true") for c in calls[:-1])
+
+
+def test_train_mode_resumes_a_real_training_run(models, tmp_path, capsys):
+    """The single-stage step's own command, stopped after one step and continued by ``resume=true``."""
+    small = ["model=tiny", "data.num_points=128", "batch_size=4", "val_every=0", "shape_loss=0", "max_steps=1"]
+    cli = bench.build_train_parser().parse_args(["--data", models["data"], "--out", str(tmp_path / "runs"),
+                                                 "--pvd-set", *small])
+    (single, *_) = training.train_steps(cli)
+    assert single.command_now() == single.command  # nothing started yet
+    assert train.main(single.command[2:]) == 0
+    resumed = single.command_now()
+    assert resumed == [*single.command, "resume=true"]
+    assert train.main([*resumed[2:], "max_steps=2"]) == 0  # same config, one more step
+    assert checkpoint.load(single.folder)["step"] == 2

@@ -1,5 +1,12 @@
 """``bench.py train``: every model the benchmark needs, trained in turn by its own command, each
-step's time kept in DIR/train-log.json (read back into the benchmark's cost table)."""
+step's time kept in DIR/train-log.json (read back into the benchmark's cost table).
+
+A finished step is skipped on a rerun (its marker DIR/.done-NAME). A started one continues: the
+training commands resume from their newest checkpoint (``resume=true``), the P-FID classifier
+(about a minute) starts again. Each interrupted attempt's time is kept in DIR/.partial-NAME and
+added to the step's time when it finishes, so the log holds the compute the step cost in all
+(an attempt killed outright, SIGKILL or a power cut, leaves no time behind).
+"""
 
 from __future__ import annotations
 
@@ -9,9 +16,11 @@ import shlex
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pvd import checkpoint
 from pvd.bench.common import ROOT, machine, minutes, subprocess_env, write_json, write_text
 from pvd.errors import UserError
 
@@ -30,20 +39,37 @@ def pfid_options(items: list[str]) -> list[str]:
     return out
 
 
-def train_steps(args: argparse.Namespace) -> list[tuple[str, list[str], Path]]:
-    """(name, command, the folder it makes) for every model the benchmark needs."""
+@dataclass(frozen=True)
+class TrainStep:
+    """One model to train: its command, the folder it makes, and whether a started run resumes
+    (``resume=true`` when the folder holds a checkpoint) or starts again."""
+
+    name: str
+    command: list[str]
+    folder: Path
+    resumable: bool
+
+    def command_now(self) -> list[str]:
+        """The command to run now: resuming when a started run left a checkpoint behind."""
+        if self.resumable and checkpoint.list_checkpoints(self.folder):
+            return [*self.command, "resume=true"]
+        return self.command
+
+
+def train_steps(args: argparse.Namespace) -> list[TrainStep]:
+    """Every model the benchmark needs, in training order."""
     out = Path(args.out)
     py = sys.executable
     dev = [f"device={args.device}"]
     return [
-        ("single", [py, str(ROOT / "train.py"), "quickstart", f"data.path={args.data}", f"run_dir={out / 'single'}",
-                    *dev, *args.pvd_set], out / "single"),
-        ("cascade", [py, str(ROOT / "train.py"), "quickstart", f"data.path={args.data}", f"run_dir={out / 'cascade'}",
-                     *CASCADE_CPU, *dev, *args.cascade_set], out / "cascade"),
-        ("sds", [py, "-m", "pvd.sds.train_prior", f"data={args.data}", f"run_dir={out / 'sds-prior'}", *args.prior_set],
-         out / "sds-prior"),
-        ("pfid", [py, "-m", "pvd.pfid", "train", "--data", args.data, "--out", str(out / "pfid"), *pfid_options(args.pfid_set)],
-         out / "pfid"),
+        TrainStep("single", [py, str(ROOT / "train.py"), "quickstart", f"data.path={args.data}",
+                             f"run_dir={out / 'single'}", *dev, *args.pvd_set], out / "single", True),
+        TrainStep("cascade", [py, str(ROOT / "train.py"), "quickstart", f"data.path={args.data}",
+                              f"run_dir={out / 'cascade'}", *CASCADE_CPU, *dev, *args.cascade_set], out / "cascade", True),
+        TrainStep("sds", [py, "-m", "pvd.sds.train_prior", f"data={args.data}", f"run_dir={out / 'sds-prior'}",
+                          *args.prior_set], out / "sds-prior", True),
+        TrainStep("pfid", [py, "-m", "pvd.pfid", "train", "--data", args.data, "--out", str(out / "pfid"),
+                           *pfid_options(args.pfid_set)], out / "pfid", False),
     ]
 
 
@@ -51,35 +77,46 @@ def train(args: argparse.Namespace) -> int:
     """Run the steps of ``train_steps`` (those in --only), skipping the ones marked done; print
     the benchmark command that uses their outputs."""
     out = Path(args.out)
-    steps = [s for s in train_steps(args) if not args.only or s[0] in args.only]
+    steps = [s for s in train_steps(args) if not args.only or s.name in args.only]
     if args.dry_run:
-        for name, cmd, _ in steps:
-            print(f"{name}: {' '.join(shlex.quote(c) for c in cmd)}")
+        for step in steps:
+            print(f"{step.name}: {' '.join(shlex.quote(c) for c in step.command_now())}")
         return 0
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / "train-log.json"
     log = json.loads(log_path.read_text()) if log_path.is_file() else {}
     env = subprocess_env()
     total = time.perf_counter()
-    for name, cmd, folder in steps:
-        marker = out / f".done-{name}"
+    for step in steps:
+        marker, partial = out / f".done-{step.name}", out / f".partial-{step.name}"
         if marker.is_file():
-            print(f"== {name}: done earlier ({minutes(log.get(name, {}).get('seconds'))}), skipped")
+            print(f"== {step.name}: done earlier ({minutes(log.get(step.name, {}).get('seconds'))}), skipped")
             continue
-        if folder.exists() and name != "pfid":
-            raise UserError(f"{folder} exists but did not finish; delete it (or resume it by hand) and run again")
-        print(f"== {name}: {' '.join(shlex.quote(c) for c in cmd)}", flush=True)
+        earlier = json.loads(partial.read_text()) if partial.is_file() else []  # interrupted attempts' seconds
+        cmd = step.command_now()
+        verb = "resuming" if cmd != step.command else ("starting again" if step.folder.exists() else "starting")
+        print(f"== {step.name} ({verb}): {' '.join(shlex.quote(c) for c in cmd)}", flush=True)
         tic = time.perf_counter()
-        done = subprocess.run(cmd, env=env)
+        try:
+            done = subprocess.run(cmd, env=env)
+        except KeyboardInterrupt:  # Ctrl-C / SIGTERM reached this process too: keep the attempt's time
+            write_json(partial, [*earlier, time.perf_counter() - tic])
+            raise
         seconds = time.perf_counter() - tic
-        if done.returncode == 130:
-            raise KeyboardInterrupt
         if done.returncode != 0:
-            raise UserError(f"step {name} failed (exit {done.returncode}; its message is above)")
-        log[name] = {"seconds": seconds, "command": " ".join(shlex.quote(c) for c in cmd), "machine": machine()}
+            write_json(partial, [*earlier, seconds])
+            if done.returncode == 130:
+                raise KeyboardInterrupt
+            raise UserError(f"step {step.name} failed (exit {done.returncode}; its message is above); "
+                            f"run the same command again to continue it")
+        attempts = [*earlier, seconds]
+        log[step.name] = {"seconds": sum(attempts), "attempts": attempts,
+                          "command": " ".join(shlex.quote(c) for c in step.command), "machine": machine()}
         write_json(log_path, log)
-        write_text(marker, f"{seconds}\n")
-        print(f"== {name}: {seconds / 60:.1f} min", flush=True)
+        write_text(marker, f"{sum(attempts)}\n")
+        partial.unlink(missing_ok=True)
+        print(f"== {step.name}: {seconds / 60:.1f} min" + (f" ({sum(attempts) / 60:.1f} over {len(attempts)} attempts)"
+                                                           if len(attempts) > 1 else ""), flush=True)
     print(f"trained in {(time.perf_counter() - total) / 60:.1f} min this run; all steps: "
           f"{sum(v['seconds'] for v in log.values()) / 60:.1f} min. Next:\n"
           f"python bench.py --data {args.data} --pvd {out / 'single'} --pvd-cascade {out / 'cascade'} "
