@@ -69,7 +69,10 @@ per method and shape), grid.png (input | truth | methods for a dozen shapes), wo
 five worst shapes of each method by CD, with their numbers), steps.png and guidance.png (the
 quality curves); samples/ and metrics/ cache every shape, so a rerun skips finished shapes;
 sds/ holds the SDS command's own outputs. Two runs into fresh folders give the same quality
-numbers (results.csv and results.json's "quality"); timings differ.
+numbers (results.csv and results.json's "quality"); timings differ. Every run on the test split
+appends one line (time, settings hash, checkpoint, sampler, command) to DATA's
+NAME.test-runs.jsonl beside the dataset file: choose knobs on --split val, and the log shows
+how often the test shapes were looked at.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ import pytest
 import bench
 import train
 from pvd import checkpoint
-from pvd.bench import training
+from pvd.bench import run, training
 from pvd.errors import UserError
 from pvd.pfid import ClassifierConfig, save_classifier, train_classifier
 from pvd.sds import train_prior
@@ -121,6 +121,25 @@ def test_a_rerun_skips_finished_shapes_and_a_fresh_folder_gives_the_same_quality
     assert bench.main(args(models, fresh)) == 0
     assert json.loads((fresh / "results.json").read_text())["quality"] == before["quality"]
     assert (fresh / "results.csv").read_text() == (first / "results.csv").read_text()
+
+    # Each test-split run left one line beside the dataset; the same settings, the same hash.
+    lines = [json.loads(line) for line in run.test_log_path(models["data"]).read_text().splitlines()]
+    mine = {str(first.resolve()): [], str(fresh.resolve()): []}
+    for line in lines:
+        if line["out"] in mine:
+            mine[line["out"]].append(line)
+    assert len(mine[str(first.resolve())]) == 2 and len(mine[str(fresh.resolve())]) == 1
+    hashes = {line["settings_hash"] for group in mine.values() for line in group}
+    assert len(hashes) == 1 and hashes == {run.settings_hash(mine[str(fresh.resolve())][0]["settings"])}
+    assert all(line["sampler"]["sampler"] == "ddim" and "--out" in line["command"] for line in lines)
+
+
+def test_a_validation_run_is_not_logged_as_a_test_run(models, tmp_path):
+    log = run.test_log_path(models["data"])
+    before = log.read_text() if log.is_file() else ""
+    assert bench.main(args(models, tmp_path / "val", "--split", "val", "--steps-curve", "", "--guidance-curve", "",
+                           "--distribution", "", "--sds-num", "0")) == 0
+    assert (log.read_text() if log.is_file() else "") == before
 
 
 def test_other_settings_in_the_same_folder_are_refused(models, first):
