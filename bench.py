@@ -25,7 +25,8 @@ Then the benchmark (per test shape, one fixed input view):
 Methods: ``pvd`` (the single-stage run with its recommended sampler: the run's own
 ``diffusion.sampler`` / ``sampling_steps`` / ``guidance_scale``, or --sampler/--steps/--guidance),
 ``cascade`` (the coarse-to-fine run), ``sds`` (``python -m pvd.sds`` on the first --sds-num
-shapes, same view), ``retrieval`` (the training shape whose view embedding, from the PVD
+shapes, same view), ``regressor`` (when the PVD run's encoder has a shape head: its coarse
+cloud regressed from the image, no diffusion), ``retrieval`` (the training shape whose view embedding, from the PVD
 run's own image encoder, is nearest to the input's), ``oracle`` (the training shape nearest
 to the ground truth in Chamfer distance: the bound for any retrieval) and ``truth-resample``
 (another sample of the ground-truth surface itself: the ceiling at this point count).

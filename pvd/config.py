@@ -57,6 +57,9 @@ class TrainConfig:
     # shape_points regressed from the image vector and the ground truth (0: no such head).
     shape_loss: float = 0.0
     shape_points: int = 64
+    # The shape head's cloud also enters the denoiser, as shape_points extra input points (dropped
+    # with the image for guidance): what the encoder knows reaches the denoiser, not only the loss.
+    shape_input: bool = False
     batch_size: int = 16
     epochs: int = 100
     max_steps: int | None = None  # stop at this step instead (None: epochs x steps per epoch)
@@ -160,6 +163,8 @@ def check(cfg: TrainConfig) -> None:
         raise UserError("shape_loss must be >= 0 and shape_points >= 1")
     if cfg.shape_loss and not ("image" in cfg.condition and cfg.data.images):
         raise UserError("shape_loss trains the image encoder: it needs condition=image and data.images=true")
+    if cfg.shape_input and not cfg.shape_loss:
+        raise UserError("shape_input feeds the shape head's cloud to the denoiser: it needs shape_loss > 0 to train the head")
     if not 0 <= cfg.cond_drop < 1:
         raise UserError(f"cond_drop must lie in [0, 1), got {cfg.cond_drop}")
     for name in ("batch_size", "epochs", "log_every", "ckpt_every", "keep"):
@@ -195,6 +200,7 @@ def network_config(cfg: TrainConfig, num_categories: int, cascade_stage: bool = 
             cross_attention_levels=base.cross_attention_levels if use_image else 0,
             num_categories=num_categories if use_category else 0,
             cascade=cascade_stage,
+            shape_points=cfg.shape_points if cfg.shape_input and not cascade_stage else 0,
         )
     encoder = None
     if use_image:

@@ -28,11 +28,12 @@ pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def models(pipeline_data, tmp_path_factory):
-    """One-step tiny runs (the plumbing, not the shapes): single stage, a 64 -> 128 cascade, the
-    SDS prior and the P-FID classifier."""
+    """One-step tiny runs (the plumbing, not the shapes): single stage (with a shape head, so the
+    regressor row is scored), a 64 -> 128 cascade, the SDS prior and the P-FID classifier."""
     root = tmp_path_factory.mktemp("bench-models")
     data = str(pipeline_data)
-    assert train.main(["tiny", f"data.path={data}", f"run_dir={root / 'single'}", "max_steps=1"]) == 0
+    assert train.main(["tiny", f"data.path={data}", f"run_dir={root / 'single'}", "max_steps=1", "shape_loss=1",
+                       "shape_points=16"]) == 0
     assert train.main(["tiny", f"data.path={data}", f"run_dir={root / 'cascade'}", "max_steps=1",
                        "diffusion.cascade=default", 'diffusion.cascade.stages=[{"num_points":64},{"num_points":128}]']) == 0
     train_prior.main([f"data={data}", f"run_dir={root / 'prior'}", "model.image_size=8", "model.channels=8,16",
@@ -72,7 +73,8 @@ def test_every_output_is_written_with_finite_consistent_numbers(first):
     assert not list(first.rglob("*.partial"))
     result = json.loads((first / "results.json").read_text())
     q = result["quality"]
-    assert list(q["methods"]) == ["pvd", "cascade", "sds", "retrieval", "oracle", "truth-resample"]
+    assert list(q["methods"]) == ["pvd", "cascade", "sds", "regressor", "retrieval", "oracle", "truth-resample"]
+    assert result["cost"]["methods"]["regressor"]["network_evaluations_per_shape"] == 1
     assert q["methods"]["sds"]["shapes"] == 1 and q["methods"]["pvd"]["shapes"] == 2
     for method, summary in q["methods"].items():
         for key in ("cd", "emd", "f1", "f2", "iou", "mesh_f1", "mesh_nc", "r2"):
@@ -81,12 +83,13 @@ def test_every_output_is_written_with_finite_consistent_numbers(first):
             assert ci["low"] <= ci["mean"] <= ci["high"]
         assert summary["mean"]["cd"]["mean"] >= 0 and 0 <= summary["mean"]["f1"]["mean"] <= 1
     rows = read_csv(first / "results.csv")
-    assert len(rows) == 2 * 5 + 1
+    assert len(rows) == 2 * 6 + 1
     by = {(r["method"], r["name"]): r for r in rows}
     for name in {r["name"] for r in rows}:
         # The oracle answers with the training shape nearest in Chamfer distance: never worse than retrieval.
         assert float(by["oracle", name]["cd"]) <= float(by["retrieval", name]["cd"]) * (1 + 1e-5)
-    assert {d["b"] for d in q["differences"] if d["a"] == "pvd"} == {"cascade", "sds", "retrieval", "oracle"}
+    assert {d["b"] for d in q["differences"] if d["a"] == "pvd"} == {"cascade", "sds", "regressor", "retrieval", "oracle"}
+    assert all(int(r["points"]) == 16 for r in rows if r["method"] == "regressor")  # the shape head's cloud
     for d in q["differences"]:
         assert d["low"] <= d["mean"] <= d["high"]
     for method in ("pvd", "cascade", "retrieval", "truth-resample"):

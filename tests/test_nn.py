@@ -263,6 +263,36 @@ def test_cascade_stage_sees_the_coarse_cloud_and_its_level():
             model(x, t, model.condition(images=images, category=category, coarse_level=level))
 
 
+def test_the_shape_estimate_enters_as_points_and_is_dropped_with_the_image():
+    cfg = preset("tiny")
+    cfg = dataclasses.replace(cfg, condition=dataclasses.replace(cfg.condition, shape_points=12),
+                              encoder=dataclasses.replace(cfg.encoder, shape_points=12))
+    model = randomize_zero_inits(PVDUNet(cfg)).eval()
+    x, t, images, category = tiny_inputs(2, 64)
+    with torch.no_grad():
+        cond = model.condition(images=images, category=category)
+        # From the encoder's shape head, detached (the head is trained by its own Chamfer loss).
+        torch.testing.assert_close(cond.shape, model.encoder.predict_shape(cond.image))
+        assert not cond.shape.requires_grad
+        out = model(x, t, cond)
+        assert out.shape == (2, 64, 3)
+        other = dataclasses.replace(cond, shape=cond.shape.flip(1) * 1.5 + 0.2)
+        assert not torch.allclose(out, model(x, t, other))  # the estimate reaches the denoiser
+        # Dropped samples (guidance's null) see the learned null cloud instead: their estimate has no effect.
+        drop = torch.tensor([True, False])
+        a = model(x, t, dataclasses.replace(cond, drop=drop))
+        b = model(x, t, dataclasses.replace(other, drop=drop))
+        torch.testing.assert_close(a[0], b[0])
+        assert not torch.allclose(a[1], b[1])
+        with pytest.raises(ValueError, match="Condition.shape"):
+            model(x, t, dataclasses.replace(cond, shape=None))
+    with pytest.raises(ValueError, match="cascade"):
+        dataclasses.replace(cfg.condition, cascade=True)
+    model.train()
+    model(x, t, dataclasses.replace(cond, drop=torch.ones(2, dtype=torch.bool))).square().mean().backward()
+    assert model.null_shape.grad.abs().sum() > 0  # the null cloud is learned
+
+
 def test_precomputed_embeddings_without_an_encoder():
     cfg = dataclasses.replace(preset("tiny"), encoder=None,
                               condition=ConditionConfig(embed_dim=16, image_dim=24, num_categories=0))

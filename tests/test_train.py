@@ -233,6 +233,27 @@ def test_cascade_trains_both_stages_and_samples(data, tmp_path):
     assert np.load(out / "samples.npy").shape == (1, 128, 3)
 
 
+def test_shape_input_trains_and_samples_through_the_commands(data, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    import sample
+    from pvd.data.hdf5 import DatasetConfig, ShapeDataset
+    run = tmp_path / "shape-input"
+    assert train.main(args(data, run, "max_steps=2", "shape_loss=1", "shape_points=16", "shape_input=true")) == 0
+    ckpt = checkpoint.load(run)
+    assert ckpt["run"]["networks"][0]["condition"]["shape_points"] == 16
+    assert "null_shape" in ckpt["models"][0]
+    view = ShapeDataset(DatasetConfig(path=str(data), num_points=128), "test", train=False)[0]["image"]
+    Image.fromarray(view.permute(1, 2, 0).numpy()).save(tmp_path / "view.png")
+    out = tmp_path / "out"
+    assert sample.main(["--ckpt", str(run), "--image", str(tmp_path / "view.png"), "--category", "car", "--sampler",
+                        "ddim", "--steps", "2", "--guidance", "2", "--out", str(out)]) == 0
+    assert np.isfinite(np.load(out / "samples.npy")).all()
+    with pytest.raises(UserError, match="shape_input .* needs shape_loss"):
+        train.main(args(data, tmp_path / "x", "shape_input=true"))
+
+
 def test_shape_loss_adds_the_encoder_heads_chamfer_distance(data):
     # The objective with shape_loss = w is the plain one plus w x Chamfer(head(image vector), x0).
     from pvd.metrics import chamfer_distance

@@ -93,6 +93,21 @@ class PVDModel:
             out[i] = points[i].astype(np.float64) * scale + shift
         return out
 
+    @property
+    def has_regressor(self) -> bool:
+        """Whether the run's image encoder has a shape head (a coarse cloud regressed from the image)."""
+        encoder = self.nets[0].encoder
+        return encoder is not None and encoder.shape_head is not None
+
+    @torch.no_grad()
+    def regress(self, images: np.ndarray) -> np.ndarray:
+        """(B, S, 3) normalised clouds of the encoder's shape head for images (B, H, W, 4) uint8:
+        the image-to-cloud regressor alone, no diffusion (one encoder call)."""
+        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).to(self.device)
+        encoder = self.nets[0].encoder
+        vector, _ = encoder(x)
+        return encoder.predict_shape(vector).float().cpu().numpy()
+
     @torch.no_grad()
     def sample(self, spec: Spec, images: np.ndarray, categories: np.ndarray, seed: int) -> tuple[np.ndarray, int]:
         """(B, N, 3) normalised samples for images (B, H, W, 4) uint8 and (B,) category indices;

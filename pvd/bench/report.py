@@ -218,7 +218,7 @@ def conventions_record(data: Data, k: int) -> dict[str, str]:
         "F-score": f"{F_SCORE_CONVENTION}; thresholds 1% and 2% of the truth's bounding-box diagonal (full cloud)",
         "IoU": f"{IOU_CONVENTION}; 32^3, K points each",
         "thin recall": "fraction of truth points in parts flagged part_thin within 2% of the diagonal of the output",
-        "mesh": f"{MESH_SAMPLES} samples of the output's surface (PVD: pvd.meshing.mesh_from_points of the K points; "
+        "mesh": f"{MESH_SAMPLES} samples of the output's surface (PVD and the regressor: pvd.meshing.mesh_from_points of the K points; "
                 "SDS: its marching-cubes mesh; retrieval, oracle, truth-resample: the stored surface of their shape) "
                 f"vs the truth's points and normals; normal consistency: {NORMAL_CONSISTENCY_CONVENTION}",
         "failures": f"empty: no output (scored as one point at the truth's box centre, F/IoU/recall 0); exploded: "

@@ -25,7 +25,7 @@ from pvd.bench.common import (BOOTSTRAP, METHOD_ORDER, file_identity, finite_mea
                               write_text)
 from pvd.bench.data import Data, Shape, load_data
 from pvd.bench.figures import figure_curve, figure_grid, figure_worst
-from pvd.bench.model import PVDModel, Spec, chunk_timing, measure_cost, sample_method
+from pvd.bench.model import PVDModel, Spec, chunk_timing, measure_cost, sample_method, shift_scales
 from pvd.bench.report import conventions_record, csv_text, markdown
 from pvd.bench.scoring import Surface, mesh_surface, reduce_points, score_method, stored_surface
 from pvd.bench.training import training_log
@@ -67,6 +67,21 @@ def log_test_split_run(data: str, settings: dict[str, Any], argv: list[str], out
               "command": "python bench.py " + " ".join(shlex.quote(a) for a in argv), "settings": settings}
     with open(test_log_path(data), "a") as f:  # one short append: whole lines even with two runs at once
         f.write(json.dumps(record) + "\n")
+
+
+def regressor_outputs(model: PVDModel, data: Data, batch: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The PVD run's shape head alone (its coarse cloud, world frame) for the evaluated shapes, and its
+    cost: the bar any diffusion on top of it has to clear."""
+    shapes = data.shapes[: data.num]
+    clouds, tic = {}, time.perf_counter()
+    for start in range(0, len(shapes), batch):
+        part = shapes[start : start + batch]
+        world = model.to_world(model.regress(np.stack([s.image for s in part])), shift_scales(model, data, part))
+        clouds.update({s.name: cloud for s, cloud in zip(part, world)})
+    seconds = (time.perf_counter() - tic) / max(len(shapes), 1)
+    return clouds, {"seconds_per_shape_batch1": seconds, "network_evaluations_per_shape": 1,
+                    "note": f"one encoder call per shape (timed at batch {batch}); "
+                            f"{model.cfg.shape_points} points, meshed like PVD's outputs"}
 
 
 def load_models(args: argparse.Namespace, device: torch.device) -> tuple[PVDModel, PVDModel | None]:
@@ -207,6 +222,10 @@ def run_benchmark(args: argparse.Namespace, argv: list[str]) -> int:
         sds = run_sds(args, data, device, out / "sds")
         outputs["sds"] = {name: v["points"] for name, v in sds.items()}
 
+    regressor_cost = None
+    if single.has_regressor:
+        outputs["regressor"], regressor_cost = regressor_outputs(single, data, args.batch)
+
     baselines = retrieval_baselines(single, data, args, k, out / "cache", device)
     outputs.update(baselines["outputs"])
     chosen = baselines["chosen"]
@@ -241,6 +260,8 @@ def run_benchmark(args: argparse.Namespace, argv: list[str]) -> int:
         cost["methods"]["sds"] = sds_cost(sds)
         cost["latency_ratio_sds_over_pvd"] = (cost["methods"]["sds"]["seconds_per_shape_batch1"] /
                                               cost["methods"]["pvd"]["seconds_per_shape_batch1"])
+    if regressor_cost is not None:
+        cost["methods"]["regressor"] = regressor_cost
     cost["methods"]["retrieval"] = baselines["cost"]
     cost["memory_note"] = ("CPU: the resident set of the process at its peak (it includes the loaded models and "
                            "data, an upper bound on what the method needs); CUDA: the allocator's peak. SDS runs in "

@@ -25,7 +25,9 @@ class Condition:
     category: (B,) int64 category label.
     coarse: (B, M, 3) the previous cascade stage's (augmented) cloud.
     coarse_level: (B,) float, its augmentation level (any float; embedded sinusoidally).
-    drop: (B,) bool, True where image, tokens and category give way to the learned nulls.
+    shape: (B, S, 3) a coarse estimate of the shape derived from the image (the encoder's shape
+        head); it comes from the image, so it is dropped with it.
+    drop: (B,) bool, True where image, tokens, category and shape give way to the learned nulls.
     """
 
     image: Tensor | None = None
@@ -33,6 +35,7 @@ class Condition:
     category: Tensor | None = None
     coarse: Tensor | None = None
     coarse_level: Tensor | None = None
+    shape: Tensor | None = None
     drop: Tensor | None = None
 
     def __post_init__(self) -> None:

@@ -50,14 +50,20 @@ class ConditionConfig:
     token_dim: int = 0  # D_tok of Condition.tokens (0: no tokens); needed by cross-attention
     num_categories: int = 0  # 0: no category label
     cascade: bool = False  # the model also sees Condition.coarse / coarse_level
+    # Points S of Condition.shape, the image-derived shape estimate the model sees as extra input
+    # points (0: none). Not with cascade: a stage sees one extra cloud.
+    shape_points: int = 0
     cross_attention_levels: int = 0  # cross-attend to tokens at the bottleneck and this many - 1 up levels
     heads: int = 8  # cross-attention heads
 
     def __post_init__(self) -> None:
         if self.cross_attention_levels and not self.token_dim:
             raise ValueError("cross-attention needs image tokens: set token_dim (or an image encoder)")
-        if min(self.embed_dim, self.image_dim, self.token_dim, self.num_categories, self.cross_attention_levels) < 0:
+        if min(self.embed_dim, self.image_dim, self.token_dim, self.num_categories, self.cross_attention_levels,
+               self.shape_points) < 0:
             raise ValueError("condition sizes must be non-negative")
+        if self.cascade and self.shape_points:
+            raise ValueError("a cascade stage sees its coarse cloud; the shape estimate is for a single or first stage")
 
 
 # Augmentation levels usually lie in [0, 1]; scaled like timesteps (0..T-1) they use the whole

@@ -83,7 +83,10 @@ class PVDUNet(nn.Module):
         cc = config.condition
         e = cc.embed_dim if cc is not None else 0
         td = config.time_dim
-        extra = 1 if cc is not None and cc.cascade else 0  # flag channel: 1 on coarse-cloud points
+        # Flag channel: 1 on the extra input points (the cascade's coarse cloud or the shape estimate).
+        extra = 1 if cc is not None and (cc.cascade or cc.shape_points) else 0
+        # Dropped samples (guidance's null) see this cloud instead of their image's shape estimate.
+        self.null_shape = nn.Parameter(torch.zeros(cc.shape_points, 3)) if cc is not None and cc.shape_points else None
         pv = dict(scaled_attention=config.scaled_attention, dropout=config.dropout, se=config.se, emb_dim=e)
 
         self.time = TimeEmbedding(td) if td else None
@@ -132,11 +135,15 @@ class PVDUNet(nn.Module):
     def condition(self, images: Tensor | None = None, embedding: Tensor | None = None, **fields) -> Condition:
         """Build a :class:`Condition`: ``images`` (B, 4, H, W) uint8 go through the image encoder
         (vector and tokens), or ``embedding`` (B, D) is a precomputed image vector; other keyword
-        arguments are Condition fields (category, coarse, coarse_level, drop)."""
+        arguments are Condition fields (category, coarse, coarse_level, drop). A model that takes
+        the shape estimate gets it from the encoder's shape head, detached: the head stays a
+        Chamfer regressor, trained by its own loss."""
         if images is not None:
             if self.encoder is None:
                 raise ValueError("this model has no image encoder: pass a precomputed embedding")
             vector, tokens = self.encoder(images)
+            if self.config.condition.shape_points and "shape" not in fields:
+                fields["shape"] = self.encoder.predict_shape(vector).detach()
             return Condition(image=vector, tokens=tokens if self.config.condition.token_dim else None, **fields)
         return Condition(image=embedding, **fields)
 
@@ -151,11 +158,19 @@ class PVDUNet(nn.Module):
         emb, context = self.embed(t, cond) if self.embed is not None else (None, None)
         temb = self.time(t) if self.time is not None else None
 
-        coords = x_t
+        coords, extra_points = x_t, None
         if cc is not None and cc.cascade:
             if cond is None or cond.coarse is None:
                 raise ValueError("a cascade stage needs Condition.coarse")
-            coarse = cond.coarse.to(x_t.dtype)
+            extra_points = cond.coarse.to(x_t.dtype)
+        elif cc is not None and cc.shape_points:
+            if cond is None or cond.shape is None:
+                raise ValueError("this model needs Condition.shape (the image's shape estimate)")
+            keep = ~cond.dropped()
+            null = self.null_shape.to(x_t.dtype).expand(b, -1, -1)
+            extra_points = torch.where(keep[:, None, None], cond.shape.to(x_t.dtype), null)
+        if extra_points is not None:
+            coarse = extra_points
             coords = torch.cat([x_t, coarse], dim=1)
             flag = torch.cat([x_t.new_zeros(b, 1, n), x_t.new_ones(b, 1, coarse.shape[1])], dim=2)
             features = torch.cat([coords.transpose(1, 2), flag], dim=1)
