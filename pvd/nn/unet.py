@@ -170,9 +170,8 @@ class PVDUNet(nn.Module):
             null = self.null_shape.to(x_t.dtype).expand(b, -1, -1)
             extra_points = torch.where(keep[:, None, None], cond.shape.to(x_t.dtype), null)
         if extra_points is not None:
-            coarse = extra_points
-            coords = torch.cat([x_t, coarse], dim=1)
-            flag = torch.cat([x_t.new_zeros(b, 1, n), x_t.new_ones(b, 1, coarse.shape[1])], dim=2)
+            coords = torch.cat([x_t, extra_points], dim=1)
+            flag = torch.cat([x_t.new_zeros(b, 1, n), x_t.new_ones(b, 1, extra_points.shape[1])], dim=2)
             features = torch.cat([coords.transpose(1, 2), flag], dim=1)
             skips = [(flag, coords)]
         else:
