@@ -19,8 +19,8 @@ import train
 from pvd import evaluate
 from pvd.data.hdf5 import DatasetConfig, ShapeDataset
 from pvd.errors import UserError
-from in_process import run_main  # tests/in_process.py
 from pvd.io import save_points
+from in_process import run_main  # tests/in_process.py
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--sampler", "ddim", "--steps", "3"]

@@ -93,6 +93,10 @@ class PVDModel:
             out[i] = points[i].astype(np.float64) * scale + shift
         return out
 
+    def _image_tensor(self, images: np.ndarray) -> torch.Tensor:
+        """(B, H, W, 4) uint8 views -> (B, 4, H, W) uint8 on the run's device (the encoder's input)."""
+        return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).to(self.device)
+
     @property
     def has_regressor(self) -> bool:
         """Whether the run's image encoder has a shape head (a coarse cloud regressed from the image)."""
@@ -103,9 +107,8 @@ class PVDModel:
     def regress(self, images: np.ndarray) -> np.ndarray:
         """(B, S, 3) normalised clouds of the encoder's shape head for images (B, H, W, 4) uint8:
         the image-to-cloud regressor alone, no diffusion (one encoder call)."""
-        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).to(self.device)
         encoder = self.nets[0].encoder
-        vector, _ = encoder(x)
+        vector, _ = encoder(self._image_tensor(images))
         return encoder.predict_shape(vector).float().cpu().numpy()
 
     @torch.no_grad()
@@ -113,7 +116,7 @@ class PVDModel:
         """(B, N, 3) normalised samples for images (B, H, W, 4) uint8 and (B,) category indices;
         and the denoiser calls made."""
         b = len(images)
-        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).to(self.device)
+        x = self._image_tensor(images)
         fields = {"category": torch.as_tensor(categories, dtype=torch.long, device=self.device)} \
             if "category" in self.cfg.condition else {}
         conds = [net.condition(images=x, **fields) if net.config.condition is not None else None for net in self.nets]

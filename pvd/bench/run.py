@@ -57,14 +57,14 @@ def settings_hash(settings: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def log_test_split_run(data: str, settings: dict[str, Any], argv: list[str], out: Path) -> None:
+def log_test_split_run(data: str, settings: dict[str, Any], command: str, out: Path) -> None:
     """Append one line per run on the test split (before it scores anything), so that a reader can
     check that the test split was scored once per model, with knobs chosen on val: every
     distinct settings hash for the same run is a second look at the test shapes."""
     record = {"created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "settings_hash": settings_hash(settings), "pvd_checkpoint": settings["pvd"]["checkpoint"],
               "sampler": settings["sampler"], "out": str(out.resolve()),
-              "command": "python bench.py " + " ".join(shlex.quote(a) for a in argv), "settings": settings}
+              "command": command, "settings": settings}
     with open(test_log_path(data), "a") as f:  # one short append: whole lines even with two runs at once
         f.write(json.dumps(record) + "\n")
 
@@ -206,8 +206,9 @@ def run_benchmark(args: argparse.Namespace, argv: list[str]) -> int:
                 "retrieval_metric": args.retrieval_metric, "pfid": str(Path(pfid_path).resolve()) if pfid_path else None}
     out.mkdir(parents=True, exist_ok=True)
     check_settings(out, settings)
+    command = "python bench.py " + " ".join(shlex.quote(a) for a in argv)
     if args.split == "test":
-        log_test_split_run(args.data, settings, argv, out)
+        log_test_split_run(args.data, settings, command, out)
     torch.manual_seed(args.seed)
 
     # --- outputs of every method (world frame), cached per shape ---
@@ -272,7 +273,7 @@ def run_benchmark(args: argparse.Namespace, argv: list[str]) -> int:
     result = {
         "pvd_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python bench.py " + " ".join(shlex.quote(a) for a in argv),
+        "command": command,
         "machine": machine(),
         "settings": {**settings, "data": args.data, "data_file": settings["data"], "shapes": data.num,
                      "sds_shapes": len(sds), "categories": single.trained_categories, "curve_shapes": curve_num},
