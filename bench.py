@@ -136,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", choices=list(SAMPLERS), help="override the run's recommended sampler")
     p.add_argument("--steps", type=int, help="... its steps")
     p.add_argument("--guidance", type=float, help="... its guidance scale")
+    p.add_argument("--t-start", type=float, help="... and for a hierarchy run the refinement's start (fraction of T)")
     p.add_argument("--steps-curve", default=DEFAULT_STEPS_CURVE, help="'SAMPLER:N,N;...' ('' for none)")
     p.add_argument("--guidance-curve", default=DEFAULT_GUIDANCE_CURVE, help="guidance scales ('' for none)")
     p.add_argument("--curve-num", type=int, default=20, help="shapes behind the curves")

@@ -34,6 +34,7 @@ from pvd.data.cameras import R2N2_FOCAL_NDC, intrinsics_from_ndc_focal, orbit_ex
 from pvd.data.render import image_grid, render_points, save_png
 from pvd.diffusion import build
 from pvd.diffusion.cascade import sample_stages
+from pvd.diffusion.hierarchy import with_t_start
 from pvd.diffusion.samplers import SAMPLERS
 from pvd.errors import UserError, run_command
 from pvd.imageprep import prepare_photo
@@ -60,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", choices=list(SAMPLERS), default=None, help="default: the run's (diffusion.sampler)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the sampler's)")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (1: none)")
+    p.add_argument("--t-start", type=float, default=None,
+                   help="hierarchy runs: start the refinement at this fraction of T, <= the run's t_max (default: the run's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--points", type=int, default=None, help="points per shape (single-stage runs; default: trained count)")
     p.add_argument("--batch", type=int, default=8, help="shapes per sampler call")
@@ -144,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         ("sampler", args.sampler), ("sampling_steps", args.steps), ("guidance_scale", args.guidance)) if v is not None})
     if args.sampler == "ddpm" and args.steps is None:
         diffusion.sampling_steps = None
+    diffusion.hierarchy = with_t_start(diffusion.hierarchy, args.t_start)
     num_points = args.points or cfg.data.num_points
     if args.points and diffusion.cascade is not None and args.points != cfg.data.num_points:
         raise UserError(f"a cascade generates {cfg.data.num_points} points; --points applies to single-stage runs")

@@ -178,7 +178,7 @@ def sample_draws(stages: list, x0: torch.Tensor, key: int, cond_drop: float) -> 
         out["points"].append(points)
         out["coarse"].append(extra.coarse if k > 0 else None)
         out["level"].append(extra.coarse_level if k > 0 else None)
-        out["t"].append(stage.diffusion.sample_t(1, generator=g))
+        out["t"].append(stage.diffusion.sample_t(1, generator=g, t_max=stage.t_max))
         out["noise"].append(torch.randn(points.shape, generator=g))
     return out
 
@@ -415,8 +415,9 @@ def train(cfg: TrainConfig) -> int:
                     loss, per_sample, t = model(batch, keys)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                if cfg.optim.grad_clip is not None:
-                    nn.utils.clip_grad_norm_(objective.parameters(), cfg.optim.grad_clip)
+                if cfg.optim.grad_clip is not None:  # per network: one stage's spike must not shrink another's step
+                    for net in nets:
+                        nn.utils.clip_grad_norm_(net.parameters(), cfg.optim.grad_clip)
                 optimizer.step()
                 if ema is not None:
                     decay = min(cfg.optim.ema_decay, (1 + step) / (10 + step))

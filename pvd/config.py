@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pvd.data.hdf5 import DatasetConfig
-from pvd.diffusion import DiffusionConfig
+from pvd.diffusion import DiffusionConfig, HierarchyConfig
 from pvd.errors import UserError
 from pvd.nn.embeddings import ConditionConfig
 from pvd.nn.unet import PRESETS as NETWORK_PRESETS
@@ -82,21 +82,44 @@ class TrainConfig:
 
 # ---- presets --------------------------------------------------------------------------------
 
-def _quickstart() -> TrainConfig:
-    # The built-in data on a 2-core CPU in about ten minutes (800 steps): the 512-point ``quick`` network
-    # with a jointly trained image encoder, v-prediction (an undertrained eps model's DDIM
-    # samples blow up; v stays in place), a high, cosine-decayed learning rate,
-    # EMA, and guidance 3 when sampling (Point-E's default). The encoder's shape head
-    # (shape_loss) lifted the conditioning check from 80% / 52% to 100% / 60% wins (other /
-    # same category, tests/benchmarks/conditioning_check.py): through the denoiser alone the
-    # encoder learns too slowly in 800 steps.
+def _image_2048(steps: int = 2400) -> TrainConfig:
+    # The recommended image-to-shape model on a CPU: 2048 points from one view, trained on the
+    # built-in data. The hierarchy (pvd.diffusion.hierarchy): the encoder's shape head regresses a
+    # 256-point cloud (stage 0); the denoiser sees it as extra input points and refines it over
+    # t <= 0.5 T, starting from it noised to t_start. v-prediction (an undertrained eps model's
+    # samples blow up; v stays in place), a high cosine-decayed learning rate, EMA. Sampler,
+    # steps, guidance and t_start: chosen on the val split (README, "Choosing the sampler").
     return TrainConfig(
-        data=DatasetConfig(path="data/synth.h5", num_points=512, normalization="pointflow"),
-        diffusion=DiffusionConfig(mean_type="v", sampler="ddim", sampling_steps=50, guidance_scale=3.0),
+        data=DatasetConfig(path="data/synth.h5", num_points=2048, normalization="pointflow"),
+        diffusion=DiffusionConfig(mean_type="v", sampler="ddim", sampling_steps=50, guidance_scale=3.0,
+                                  hierarchy=HierarchyConfig(t_max=0.5)),
         optim=OptimConfig(lr=2e-3, betas=(0.9, 0.999), schedule="cosine", warmup_steps=50, min_lr_ratio=0.05,
-                          grad_clip=1.0, ema_decay=0.99),
-        model="quick", condition="image", shape_loss=1.0, batch_size=32, epochs=32, run_dir="runs/quickstart",
-        log_every=50, ckpt_every=200, val_every=400, val_shapes=8,
+                          grad_clip=1.0, ema_decay=0.99 if steps < 2000 else 0.995),
+        model="cpu-2048", condition="image", shape_loss=1.0, shape_points=256, shape_input=True, batch_size=32,
+        epochs=1000, max_steps=steps, run_dir="runs/image-2048", log_every=50, ckpt_every=200, val_every=400,
+        val_shapes=8,
+    )
+
+
+def _quickstart() -> TrainConfig:
+    # README command 1: the recommended model (image-2048) cut to 800 steps, about 9 minutes at
+    # 380 GFLOP/s (27 on a 2-core EPYC at 118).
+    return dataclasses.replace(_image_2048(steps=800), run_dir="runs/quickstart")
+
+
+def _shapenet_image() -> TrainConfig:
+    # The same design at GPU scale on ShapeNet: PC15k point clouds with the 3D-R2N2 views of the
+    # 13 R2N2 categories (datasets/shapenet.py pc15k ... --r2n2 ...; README "ShapeNet"), PVD's
+    # network with image conditioning, the hierarchy from a 512-point shape head, bf16 on CUDA.
+    return TrainConfig(
+        data=DatasetConfig(path="data/shapenet-r2n2.h5", num_points=2048, normalization="pointflow"),
+        diffusion=DiffusionConfig(mean_type="v", sampler="ddim", sampling_steps=50, guidance_scale=3.0,
+                                  hierarchy=HierarchyConfig(t_max=0.5)),
+        optim=OptimConfig(lr=2e-4, betas=(0.9, 0.999), schedule="cosine", warmup_steps=1000, min_lr_ratio=0.05,
+                          grad_clip=1.0, ema_decay=0.9999),
+        model="pvd-paper-cond", condition="image", shape_loss=1.0, shape_points=512, shape_input=True,
+        batch_size=64, epochs=400, workers=8, run_dir="runs/shapenet-image", log_every=100, ckpt_every=5000,
+        val_every=10000, val_shapes=16,
     )
 
 
@@ -128,6 +151,8 @@ def _tiny() -> TrainConfig:
 PAPER_CATEGORIES = ("airplane", "chair", "car")
 PRESETS: dict[str, typing.Callable[[], TrainConfig]] = {
     "quickstart": _quickstart,
+    "image-2048": _image_2048,
+    "shapenet-image": _shapenet_image,
     "tiny": _tiny,
     **{f"pvd-paper-{c}": (lambda c=c: _pvd_paper(c)) for c in PAPER_CATEGORIES},
 }
@@ -165,6 +190,8 @@ def check(cfg: TrainConfig) -> None:
         raise UserError("shape_loss trains the image encoder: it needs condition=image and data.images=true")
     if cfg.shape_input and not cfg.shape_loss:
         raise UserError("shape_input feeds the shape head's cloud to the denoiser: it needs shape_loss > 0 to train the head")
+    if cfg.diffusion.hierarchy is not None and not cfg.shape_input:
+        raise UserError("diffusion.hierarchy refines the shape head's cloud: it needs shape_loss > 0 and shape_input=true")
     if not 0 <= cfg.cond_drop < 1:
         raise UserError(f"cond_drop must lie in [0, 1), got {cfg.cond_drop}")
     for name in ("batch_size", "epochs", "log_every", "ckpt_every", "keep"):

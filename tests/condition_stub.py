@@ -13,6 +13,7 @@ class Cond:
     category: torch.Tensor | None = None
     coarse: torch.Tensor | None = None
     coarse_level: torch.Tensor | None = None
+    shape: torch.Tensor | None = None
     drop: torch.Tensor | None = None
 
     def null(self):

@@ -147,3 +147,12 @@ def test_checkpoint_keeps_the_last_k_and_rejects_foreign_files(tmp_path):
         checkpoint.load(tmp_path / "garbage.pt")
     with pytest.raises(UserError, match="no checkpoint"):
         checkpoint.load(tmp_path / "missing")
+
+
+def test_quickstart_is_the_recommended_model_cut_short():
+    quick, full = to_dict(train_preset("quickstart")), to_dict(train_preset("image-2048"))
+    differ = {k for k in full if quick[k] != full[k]}
+    assert differ == {"max_steps", "run_dir", "optim"}
+    assert {k for k in full["optim"] if quick["optim"][k] != full["optim"][k]} == {"ema_decay"}
+    assert quick["max_steps"] < full["max_steps"] and quick["data"]["num_points"] == 2048
+    assert full["diffusion"]["hierarchy"] is not None and full["shape_input"]

@@ -548,3 +548,26 @@ def test_killed_conversion_leaves_no_complete_file(big_core_tree, tmp_path, sig)
     while any(_alive(w) for w in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(_alive(w) for w in workers), "worker processes outlived the conversion"
+
+
+@pytest.mark.slow
+def test_shapenet_image_preset_trains_and_samples_on_a_fabricated_tree(r2n2_tree, pc15k_file, tmp_path):
+    """The GPU preset end to end on CPU: PC15k + R2N2 views -> one training step of the
+    image-conditioned hierarchy at 2048 points -> sample.py from an R2N2 rendering."""
+    import sample
+    import train
+    from pvd import checkpoint
+    out, _ = pc15k_file
+    run = tmp_path / "run"
+    assert train.main(["shapenet-image", f"data.path={out}", f"run_dir={run}", "max_steps=1", "batch_size=2",
+                       "workers=0", "val_every=1", "val_shapes=2", "val_steps=2"]) == 0
+    ckpt = checkpoint.load(run)
+    assert ckpt["run"]["train"]["model"] == "pvd-paper-cond" and ckpt["run"]["dataset"]["num_points"] == 2048
+    assert ckpt["run"]["train"]["diffusion"]["hierarchy"]["t_max"] == 0.5
+    assert (run / "val" / "step-00000001.png").is_file()
+    _, r2n2, models = r2n2_tree
+    mid = next(m for m, (_, split, _) in models.items() if split == "test")
+    png = r2n2 / models[mid][0] / mid / "rendering" / "00.png"
+    assert sample.main(["--ckpt", str(run), "--image", str(png), "--steps", "2", "--out", str(tmp_path / "s")]) == 0
+    points = np.load(tmp_path / "s" / "samples.npy")
+    assert points.shape == (1, 2048, 3) and np.isfinite(points).all()

@@ -282,3 +282,48 @@ def test_shape_head_is_trained_and_checkpointed(data, tmp_path):
     head = [k for k in last if k.startswith("encoder.shape_head.")]
     assert head and last["encoder.shape_head.2.weight"].shape == (24, 16)
     assert all(not torch.equal(first[k], last[k]) for k in head)
+
+
+def test_hierarchy_trains_on_low_noise_only_and_samples_from_its_start(data, tmp_path, monkeypatch):
+    import numpy as np
+    from PIL import Image
+
+    import sample
+    from pvd.data.hdf5 import DatasetConfig, ShapeDataset
+    from pvd.diffusion import cascade
+    run = tmp_path / "hierarchy"
+    hierarchy = ["shape_loss=1", "shape_points=16", "shape_input=true", "diffusion.hierarchy.t_max=0.4"]
+    assert train.main(args(data, run, "max_steps=4", "log_every=4", *hierarchy)) == 0
+    (entry,) = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines() if "loss" in line]
+    # 16 draws of t, all in 0..400: none in the upper half of the process, some in the lower
+    assert entry["loss_q2"] is None and entry["loss_q3"] is None
+    assert entry["loss_q0"] is not None or entry["loss_q1"] is not None
+    view = ShapeDataset(DatasetConfig(path=str(data), num_points=128), "test", train=False)[0]["image"]
+    Image.fromarray(view.permute(1, 2, 0).numpy()).save(tmp_path / "view.png")
+    starts, real_start_cloud = [], cascade.start_cloud
+    monkeypatch.setattr(cascade, "start_cloud",
+                        lambda d, c, n, t, g: starts.append((tuple(c.shape), n, t)) or real_start_cloud(d, c, n, t, g))
+    common = ["--ckpt", str(run), "--image", str(tmp_path / "view.png"), "--category", "car", "--sampler", "ddim",
+              "--steps", "2"]
+    assert sample.main([*common, "--out", str(tmp_path / "a")]) == 0
+    assert sample.main([*common, "--t-start", "0.2", "--out", str(tmp_path / "b")]) == 0
+    # the shape head's 16 points, upsampled to the run's 128, noised to t_max, or to the start given
+    assert starts == [((1, 16, 3), 128, round(0.4 * 999)), ((1, 16, 3), 128, round(0.2 * 999))]
+    assert np.isfinite(np.load(tmp_path / "b" / "samples.npy")).all()
+    with pytest.raises(UserError, match="t_start must lie"):
+        sample.main([*common, "--t-start", "0.6", "--out", str(tmp_path / "c")])
+    assert not (tmp_path / "c").exists()
+    with pytest.raises(UserError, match="needs shape_loss > 0 and shape_input"):
+        train.main(args(data, tmp_path / "x", "diffusion.hierarchy.t_max=0.4"))
+
+
+def test_gradient_clipping_is_per_network(data, tmp_path, monkeypatch):
+    clipped, real = [], torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_",
+                        lambda params, norm: clipped.append(list(params)) or real(clipped[-1], norm))
+    stages = 'diffusion.cascade.stages=[{"num_points": 64}, {"num_points": 128}]'
+    assert train.main(args(data, tmp_path / "run", "max_steps=1", "optim.grad_clip=1.0", stages)) == 0
+    _, _, nets = checkpoint.load_run(str(tmp_path / "run"), torch.device("cpu"), True)
+    # one call per stage's network, each with exactly that network's parameters
+    assert sorted(sum(p.numel() for p in params) for params in clipped) == \
+        sorted(sum(p.numel() for p in net.parameters()) for net in nets)

@@ -17,6 +17,7 @@ from pvd.bench.common import save_npy, stable_seed, sync, write_json
 from pvd.bench.data import Data, Shape
 from pvd.diffusion import build
 from pvd.diffusion.cascade import Stage, sample_stages
+from pvd.diffusion.hierarchy import with_t_start
 from pvd.diffusion.samplers import SAMPLERS
 from pvd.errors import UserError, raise_if_interrupted
 from pvd.runtime import PeakMemory
@@ -24,15 +25,18 @@ from pvd.runtime import PeakMemory
 
 @dataclass(frozen=True)
 class Spec:
-    """A sampler setting: name, steps (None: the sampler's default / all T for ddpm), guidance."""
+    """A sampler setting: name, steps (None: the sampler's default / all T for ddpm), guidance, and
+    for a hierarchy run the refinement's start (a fraction of T; None: the run's)."""
 
     sampler: str
     steps: int | None
     guidance: float
+    t_start: float | None = None
 
     @property
     def label(self) -> str:
-        return f"{self.sampler}-{self.steps if self.steps is not None else 'all'}-g{self.guidance:g}"
+        start = f"-t{self.t_start:g}" if self.t_start is not None else ""
+        return f"{self.sampler}-{self.steps if self.steps is not None else 'all'}-g{self.guidance:g}{start}"
 
 
 class Counter:
@@ -63,7 +67,8 @@ class PVDModel:
         self.num_points = int(self.cfg.data.num_points)
         self.is_cascade = self.cfg.diffusion.cascade is not None
         d = self.cfg.diffusion
-        self.recommended = Spec(d.sampler, d.sampling_steps, float(d.guidance_scale))
+        self.recommended = Spec(d.sampler, d.sampling_steps, float(d.guidance_scale),
+                                d.hierarchy.t_start if d.hierarchy is not None else None)
 
     def describe(self) -> dict[str, Any]:
         return {"run": self.path, "checkpoint": self.run["checkpoint"], "step": self.run["step"],
@@ -73,7 +78,8 @@ class PVDModel:
     def stages(self, spec: Spec) -> list[Stage]:
         """The run's diffusion stages (pvd.diffusion.build) with ``spec``'s sampler, steps and guidance."""
         diffusion = dataclasses.replace(self.cfg.diffusion, sampler=spec.sampler, sampling_steps=spec.steps,
-                                        guidance_scale=spec.guidance)
+                                        guidance_scale=spec.guidance,
+                                        hierarchy=with_t_start(self.cfg.diffusion.hierarchy, spec.t_start))
         return build(diffusion, self.num_points)
 
     def step_count(self, spec: Spec) -> int:

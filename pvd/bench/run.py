@@ -96,7 +96,7 @@ def load_models(args: argparse.Namespace, device: torch.device) -> tuple[PVDMode
 
 
 def chosen_spec(args: argparse.Namespace, single: PVDModel) -> Spec:
-    """The run's recommended sampler setting, with --sampler / --steps / --guidance applied."""
+    """The run's recommended sampler setting, with --sampler / --steps / --guidance / --t-start applied."""
     if args.sampler is None or args.sampler == single.recommended.sampler:
         steps = single.recommended.steps if args.sampler is None or args.sampler != "ddpm" else None
     else:
@@ -104,7 +104,8 @@ def chosen_spec(args: argparse.Namespace, single: PVDModel) -> Spec:
     if args.steps is not None:
         steps = args.steps
     return Spec(args.sampler or single.recommended.sampler, steps,
-                float(args.guidance if args.guidance is not None else single.recommended.guidance))
+                float(args.guidance if args.guidance is not None else single.recommended.guidance),
+                args.t_start if args.t_start is not None else single.recommended.t_start)
 
 
 def surface_function(method: str, args: argparse.Namespace, data: Data, k: int, sds: dict[str, dict[str, Any]],

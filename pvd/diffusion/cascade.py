@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from pvd.diffusion.gaussian import GaussianDiffusion, Model
+from pvd.diffusion.hierarchy import start_cloud
 from pvd.diffusion.schedules import REF_POINTS, resolution_shift
 from pvd.errors import UserError
 
@@ -83,6 +84,10 @@ class Stage:
     diffusion: GaussianDiffusion
     sample: Callable[..., torch.Tensor]  # sampler(model, shape, cond, *, generator, ...) with the config's options bound
     config: StageConfig | None = None
+    # The hierarchy's refinement stage (pvd.diffusion.hierarchy): trained on t <= t_max, sampled from
+    # the condition's coarse cloud (cond.shape) noised to t_start. None: the whole process.
+    t_max: int | None = None
+    t_start: int | None = None
 
 
 def subsample(points: torch.Tensor, num: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -139,7 +144,9 @@ def sample_stages(stages: Sequence[Stage], models: Sequence[Model], cond: Any | 
     (e.g. each stage's own image encoding). Stage k > 0 sees the previous stage's cloud augmented at its
     ``aug_level_sample``. progress(stage, i, n) after step i of n of each stage. return_all:
     return every stage's cloud, coarse to fine. Other options (guidance_scale, fixed, ...) go
-    to every stage's sampler; ``fixed`` (completion) is only allowed for a single stage.
+    to every stage's sampler; ``fixed`` (completion) is only allowed for a single stage. A stage
+    with ``t_start`` (the hierarchy's refiner) starts from ``cond.shape``, the regressed coarse
+    cloud, upsampled and noised to t_start.
     """
     if len(models) != len(stages):
         raise ValueError(f"{len(stages)} stages need {len(stages)} models, got {len(models)}")
@@ -154,6 +161,14 @@ def sample_stages(stages: Sequence[Stage], models: Sequence[Model], cond: Any | 
             level = torch.full((batch_size,), stage.config.aug_level_sample, dtype=dtype, device=x.device)
             stage_cond = with_coarse(stage_cond, augment(x, level, generator), level)
         report = None if progress is None else (lambda i, n, k=k: progress(k, i, n))
+        if stage.t_start is not None:
+            if sampler_options.get("fixed") is not None:
+                raise ValueError("shape completion (fixed points) is not supported by the hierarchy's refinement stage")
+            if getattr(stage_cond, "shape", None) is None:
+                raise ValueError("the hierarchy's refinement stage needs cond.shape, the regressed coarse cloud")
+            sampler_options = dict(sampler_options, t_start=stage.t_start,
+                                   x_T=start_cloud(stage.diffusion, stage_cond.shape.to(dtype), stage.num_points,
+                                                   stage.t_start, generator))
         x = stage.sample(model, (batch_size, stage.num_points, 3), stage_cond, generator=generator, progress=report,
                          dtype=dtype, device=device, **sampler_options)
         clouds.append(x)

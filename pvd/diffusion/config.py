@@ -12,11 +12,13 @@ returned stages without branching: a single-stage process is a list of one ``Sta
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 
 from pvd.diffusion.cascade import CascadeConfig, Stage
 from pvd.diffusion.gaussian import MEAN_TYPES, VAR_TYPES, GaussianDiffusion
+from pvd.diffusion.hierarchy import HierarchyConfig
 from pvd.diffusion.samplers import SAMPLERS, ddim_sample, dpm_solver_pp_sample, heun_sample
 from pvd.diffusion.schedules import SCHEDULES, make_betas
 from pvd.errors import UserError
@@ -39,10 +41,16 @@ class DiffusionConfig:
     eta: float = 0.0  # ddim: 0 deterministic, 1 ancestral
     guidance_scale: float = 1.0  # classifier-free guidance; 1: plain conditional sampling
     cascade: CascadeConfig | None = None  # None: one stage at the data's point count
+    # The hierarchy (pvd.diffusion.hierarchy): the image regressor's coarse cloud, refined over t <= t_max.
+    hierarchy: HierarchyConfig | None = None
 
     def __post_init__(self):
         if isinstance(self.cascade, dict):  # as read back from a run's JSON config
             self.cascade = CascadeConfig(**self.cascade)
+        if isinstance(self.hierarchy, dict):
+            self.hierarchy = HierarchyConfig(**self.hierarchy)
+        if self.cascade is not None and self.hierarchy is not None:
+            raise UserError("choose one of diffusion.cascade and diffusion.hierarchy")
 
 
 _DEFAULT_STEPS = {ddim_sample: 50, dpm_solver_pp_sample: 25, heun_sample: 25}
@@ -68,6 +76,8 @@ def _check(cfg: DiffusionConfig) -> None:
         raise UserError(f"eta must lie in [0, 1], got {cfg.eta}")
     if cfg.min_snr_gamma is not None and cfg.min_snr_gamma <= 0:
         raise UserError(f"min_snr_gamma must be positive, got {cfg.min_snr_gamma}")
+    if cfg.hierarchy is not None:
+        HierarchyConfig(**dataclasses.asdict(cfg.hierarchy))  # its own checks again: overrides set fields one by one
 
 
 def make_diffusion(cfg: DiffusionConfig, logsnr_shift: float | None = None) -> GaussianDiffusion:
@@ -105,7 +115,8 @@ def build(cfg: DiffusionConfig, num_points: int = 2048) -> list[Stage]:
     """
     if cfg.cascade is None:
         diffusion = make_diffusion(cfg)
-        return [Stage(num_points, diffusion, make_sampler(cfg, diffusion))]
+        t_max, t_start = cfg.hierarchy.steps(cfg.num_steps) if cfg.hierarchy is not None else (None, None)
+        return [Stage(num_points, diffusion, make_sampler(cfg, diffusion), t_max=t_max, t_start=t_start)]
     if cfg.cascade.stages[-1].num_points != num_points:
         raise UserError(f"the cascade's last stage has {cfg.cascade.stages[-1].num_points} points, the data {num_points}")
     stages = []

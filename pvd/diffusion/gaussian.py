@@ -154,9 +154,14 @@ class GaussianDiffusion:
     # ---------------------------------------------------------------------------------------
     # Training
 
-    def sample_t(self, batch_size: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
-        """Timesteps drawn uniformly from 0..T-1 (PVD): (batch_size,) long."""
-        return torch.randint(0, self.num_steps, (batch_size,), generator=generator, device=device)
+    def sample_t(self, batch_size: int, generator: torch.Generator | None = None, device=None,
+                 t_max: int | None = None) -> torch.Tensor:
+        """Timesteps drawn uniformly from 0..T-1 (PVD), or from 0..t_max (a stage that covers only
+        the low-noise part, ``pvd.diffusion.hierarchy``): (batch_size,) long."""
+        high = self.num_steps if t_max is None else t_max + 1
+        if not 1 <= high <= self.num_steps:
+            raise ValueError(f"t_max must lie in 0..{self.num_steps - 1}, got {t_max}")
+        return torch.randint(0, high, (batch_size,), generator=generator, device=device)
 
     def loss_weight(self, t: torch.Tensor) -> torch.Tensor:
         """Per-sample loss weight (B,) float64, CPU: 1, or Min-SNR-gamma (Hang et al. 2023, Eq. 10).

@@ -21,6 +21,8 @@ Every sampler has the signature
   with ``fixed`` unchanged.
 - ``generator`` draws x_T (unless ``x_T`` (B, N - K, 3) is given) and all later noise, so a
   seed fixes the samples. ``progress(i, n)`` is called after step i of n.
+- ``t_start``: run only the part t <= t_start of the process, from ``x_T`` taken as x at
+  t_start (the hierarchy's refinement stage, ``pvd.diffusion.hierarchy``); None: from T-1.
 - Arithmetic on the schedule is float64; the points stay in ``dtype``.
 """
 
@@ -55,6 +57,17 @@ def _start(shape, fixed, generator, x_T, dtype, device) -> tuple[torch.Tensor, i
     return torch.randn(free, generator=generator, dtype=dtype, device=device), k
 
 
+def _first_step(diffusion: GaussianDiffusion, t_start: int | None, x_T) -> int:
+    """The timestep the sampler starts from: T-1, or t_start, which needs the x it starts from."""
+    if t_start is None:
+        return diffusion.num_steps - 1
+    if not 0 <= t_start < diffusion.num_steps:
+        raise ValueError(f"t_start must lie in 0..{diffusion.num_steps - 1}, got {t_start}")
+    if x_T is None:
+        raise ValueError("t_start needs x_T, the cloud at t_start (noise alone is x at T-1)")
+    return int(t_start)
+
+
 def _model_output(model: Model, x: torch.Tensor, t: float, cond: Any, guidance_scale: float, fixed) -> torch.Tensor:
     """The (guided) model output for the free points x (B, N - K, 3) at timestep t."""
     x_in = x if fixed is None else torch.cat([fixed.to(x.dtype), x], dim=1)
@@ -85,15 +98,16 @@ def _noise(x: torch.Tensor, generator) -> torch.Tensor:
 def ddpm_sample(diffusion: GaussianDiffusion, model: Model, shape: tuple[int, int, int], cond: Any = None, *,
                 generator: torch.Generator, guidance_scale: float = 1.0, fixed: torch.Tensor | None = None,
                 progress: Progress | None = None, x_T: torch.Tensor | None = None, dtype: torch.dtype = torch.float32,
-                device=None) -> torch.Tensor:
+                device=None, t_start: int | None = None) -> torch.Tensor:
     """Ancestral sampling over all T steps (Ho et al. 2020, Algorithm 2; PVD's sampler).
 
     x_{t-1} = posterior mean at the predicted x0 + sqrt(var_t) z, no noise at t = 0; var_t is
     beta-tilde ('fixedsmall') or beta ('fixedlarge').
     """
     x, _ = _start(shape, fixed, generator, x_T, dtype, device)
-    n = diffusion.num_steps
-    for i, t in enumerate(range(n - 1, -1, -1)):
+    first = _first_step(diffusion, t_start, x_T)
+    n = first + 1
+    for i, t in enumerate(range(first, -1, -1)):
         tt = torch.full((x.shape[0],), t, dtype=torch.long)
         out = _model_output(model, x, t, cond, guidance_scale, fixed)
         mean, _, log_var, _ = diffusion.p_mean_variance(x, tt, out)
@@ -103,19 +117,23 @@ def ddpm_sample(diffusion: GaussianDiffusion, model: Model, shape: tuple[int, in
     return _finish(x, fixed)
 
 
-def ddim_timesteps(num_steps: int, steps: int) -> list[int]:
-    """``steps`` timesteps from T-1 down, evenly spaced and "trailing" (Lin et al. 2024, Table 2):
-    T/steps apart, the last at T/steps - 1, so no call is spent at t = 0, where x_t is already
-    x0 up to sqrt(1 - alpha_bar_0). All T when steps = T; e.g. T = 1000, steps 10: 999, 899, ..., 99."""
-    if not 1 <= steps <= num_steps:
-        raise ValueError(f"steps must lie in 1..{num_steps}, got {steps}")
-    return [int(t) - 1 for t in np.round(np.linspace(num_steps, 0, steps + 1))[:-1]]
+def ddim_timesteps(num_steps: int, steps: int, t_start: int | None = None) -> list[int]:
+    """``steps`` timesteps from t_start (default T-1) down, evenly spaced and "trailing" (Lin et al.
+    2024, Table 2): (t_start + 1)/steps apart, the last at (t_start + 1)/steps - 1, so no call is spent
+    at t = 0, where x_t is already x0 up to sqrt(1 - alpha_bar_0). Every step when steps = t_start + 1;
+    e.g. T = 1000, steps 10: 999, 899, ..., 99."""
+    span = num_steps if t_start is None else t_start + 1
+    if not 1 <= span <= num_steps:
+        raise ValueError(f"t_start must lie in 0..{num_steps - 1}, got {t_start}")
+    if not 1 <= steps <= span:
+        raise ValueError(f"steps must lie in 1..{span}, got {steps}")
+    return [int(t) - 1 for t in np.round(np.linspace(span, 0, steps + 1))[:-1]]
 
 
 def ddim_sample(diffusion: GaussianDiffusion, model: Model, shape: tuple[int, int, int], cond: Any = None, *,
                 generator: torch.Generator, guidance_scale: float = 1.0, fixed: torch.Tensor | None = None,
                 progress: Progress | None = None, x_T: torch.Tensor | None = None, dtype: torch.dtype = torch.float32,
-                device=None, steps: int = 50, eta: float = 0.0) -> torch.Tensor:
+                device=None, steps: int = 50, eta: float = 0.0, t_start: int | None = None) -> torch.Tensor:
     """DDIM on a respaced subsequence of ``steps`` timesteps (Song et al. 2021, Eq. 12).
 
     x_prev = sqrt(ab_prev) x0 + sqrt(1 - ab_prev - s^2) eps + s z, with
@@ -123,7 +141,7 @@ def ddim_sample(diffusion: GaussianDiffusion, model: Model, shape: tuple[int, in
     x_T, eta = 1 is ancestral on the subsequence. The last step returns the predicted x0.
     """
     x, _ = _start(shape, fixed, generator, x_T, dtype, device)
-    ts = ddim_timesteps(diffusion.num_steps, steps)
+    ts = ddim_timesteps(diffusion.num_steps, steps, _first_step(diffusion, t_start, x_T))
     ab = diffusion.alphas_cumprod
     for i, t in enumerate(ts):
         tt = torch.full((x.shape[0],), t, dtype=torch.long)
@@ -142,11 +160,12 @@ def ddim_sample(diffusion: GaussianDiffusion, model: Model, shape: tuple[int, in
 def dpm_solver_pp_sample(diffusion: GaussianDiffusion, model: Model, shape: tuple[int, int, int], cond: Any = None, *,
                          generator: torch.Generator, guidance_scale: float = 1.0, fixed: torch.Tensor | None = None,
                          progress: Progress | None = None, x_T: torch.Tensor | None = None,
-                         dtype: torch.dtype = torch.float32, device=None, steps: int = 25) -> torch.Tensor:
+                         dtype: torch.dtype = torch.float32, device=None, steps: int = 25,
+                         t_start: int | None = None) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Algorithm 2): ``steps`` model calls.
 
-    The calls sit at ``steps`` points uniform in lambda = log(alpha / sigma) from t = T-1 to
-    t = 0 (fractional timesteps). Between them, with h_i = lambda_i - lambda_{i-1} and
+    The calls sit at ``steps`` points uniform in lambda = log(alpha / sigma) from t = T-1 (or
+    t_start) to t = 0 (fractional timesteps). Between them, with h_i = lambda_i - lambda_{i-1} and
     r = h_{i-1} / h_i: D = (1 + 1/(2r)) x0_{i-1} - 1/(2r) x0_{i-2},
     x_i = (sigma_i / sigma_{i-1}) x_{i-1} - alpha_i (exp(-h_i) - 1) D. The first and the last
     update are first order (D = x0_{i-1}; the paper's lower-order final step, which keeps few-step
@@ -156,7 +175,7 @@ def dpm_solver_pp_sample(diffusion: GaussianDiffusion, model: Model, shape: tupl
     """
     x, _ = _start(shape, fixed, generator, x_T, dtype, device)
     lsnr = diffusion.log_snr.numpy()
-    lam = np.linspace(lsnr[-1], lsnr[0], steps) / 2  # lambda is half the log-SNR
+    lam = np.linspace(lsnr[_first_step(diffusion, t_start, x_T)], lsnr[0], steps) / 2  # lambda is half the log-SNR
     ts = diffusion.t_at_log_snr(2 * lam)
     alpha, sigma = np.sqrt(1 / (1 + np.exp(-2 * lam))), np.sqrt(1 / (1 + np.exp(2 * lam)))
     x0_prev = None
@@ -189,16 +208,16 @@ def karras_sigmas(sigma_min: float, sigma_max: float, steps: int, rho: float = 7
 def heun_sample(diffusion: GaussianDiffusion, model: Model, shape: tuple[int, int, int], cond: Any = None, *,
                 generator: torch.Generator, guidance_scale: float = 1.0, fixed: torch.Tensor | None = None,
                 progress: Progress | None = None, x_T: torch.Tensor | None = None, dtype: torch.dtype = torch.float32,
-                device=None, steps: int = 25, rho: float = 7.0) -> torch.Tensor:
+                device=None, steps: int = 25, rho: float = 7.0, t_start: int | None = None) -> torch.Tensor:
     """Heun's 2nd-order ODE solver on Karras sigmas (Karras et al. 2022, Algorithm 1, no churn).
 
     Works on x / alpha, whose noise level is sigma_K = sigma / alpha = exp(-lambda), between the
-    schedule's own extremes at t = T-1 and t = 0; 2 * steps - 1 model calls. D(x, sigma_K) is
+    schedule's own values at t = T-1 (or t_start) and t = 0; 2 * steps - 1 model calls. D(x, sigma_K) is
     the predicted x0; dx/dsigma_K = (x - D) / sigma_K; the last step (to 0) is Euler.
     """
     x, _ = _start(shape, fixed, generator, x_T, dtype, device)
     lsnr = diffusion.log_snr.numpy()
-    sigmas = karras_sigmas(math.exp(-lsnr[0] / 2), math.exp(-lsnr[-1] / 2), steps, rho)
+    sigmas = karras_sigmas(math.exp(-lsnr[0] / 2), math.exp(-lsnr[_first_step(diffusion, t_start, x_T)] / 2), steps, rho)
     ts = diffusion.t_at_log_snr(-2 * np.log(sigmas[:-1]))
 
     def denoise(x_k: torch.Tensor, i: int) -> torch.Tensor:  # D(x_k, sigmas[i])

@@ -1,0 +1,118 @@
+"""Choose sampler settings on the val split: CD and F@1% of each setting, with paired intervals
+against the first one.
+
+    python tests/benchmarks/val_sweep.py runs/quickstart --num 50 \\
+        --settings ddim:25:1:0.5 ddim:25:2:0.5 ddim:25:2:0.35 ...
+
+A setting is SAMPLER:STEPS:GUIDANCE[:T_START] (T_START: the hierarchy's refinement start, a
+fraction of T; omitted: the run's). Every setting samples the first ``--num`` shapes of the split
+from their fixed evaluation view with the same seed. Scores are in the run's normalised frame:
+Chamfer distance (squared, x 1e-3) and F-score at 1% of each truth's bounding-box diagonal,
+against the split's evaluation points (PVD's slice), as train.py's validation scores them.
+The regressor row is the encoder's shape head alone (no diffusion), when the run has one.
+Network passes per shape are counted (a guided step is two). The test split is never the place for this.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from pvd.checkpoint import load_run  # noqa: E402
+from pvd.data.hdf5 import ShapeDataset  # noqa: E402
+from pvd.diffusion import build  # noqa: E402
+from pvd.diffusion.cascade import sample_stages  # noqa: E402
+from pvd.diffusion.hierarchy import with_t_start  # noqa: E402
+from pvd.metrics import chamfer_distance, f_score  # noqa: E402
+from pvd.metrics.bootstrap import paired_bootstrap_ci  # noqa: E402
+
+
+def parse_setting(text: str) -> tuple[str, int, float, float | None]:
+    parts = text.split(":")
+    if len(parts) not in (3, 4):
+        raise SystemExit(f"error: a setting is SAMPLER:STEPS:GUIDANCE[:T_START], got {text!r}")
+    return parts[0], int(parts[1]), float(parts[2]), float(parts[3]) if len(parts) == 4 else None
+
+
+def scores(samples: torch.Tensor, truth: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Per-shape CD x 1e-3 and F@1% of samples (B, N, 3) against truth (B, M, 3)."""
+    diagonal = (truth.amax(1) - truth.amin(1)).norm(dim=-1)
+    cd = chamfer_distance(samples, truth).numpy() * 1e3
+    f1 = np.array([float(f_score(s[None], g[None], 0.01 * float(d))[0]) for s, g, d in zip(samples, truth, diagonal)])
+    return cd, f1
+
+
+class Passes:
+    """Counts the clouds a network is run on (a guided call on a doubled batch counts twice)."""
+
+    def __init__(self, net):
+        self.net, self.clouds = net, 0
+
+    def __call__(self, x, t, cond):
+        self.clouds += len(x)
+        return self.net(x, t, cond)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("run")
+    p.add_argument("--settings", nargs="+", required=True)
+    p.add_argument("--num", type=int, default=50)
+    p.add_argument("--split", default="val")
+    p.add_argument("--batch", type=int, default=25)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    if args.split == "test":
+        raise SystemExit("error: settings are chosen on the val split")
+
+    run, cfg, nets = load_run(args.run, torch.device("cpu"))
+    data = ShapeDataset(cfg.data, args.split, train=False)
+    count = min(args.num, len(data))
+    batch = torch.utils.data.default_collate([data[i] for i in range(count)])
+    truth = batch["points"]
+    a = torch.randn(2048, 2048)
+    tic = time.perf_counter()
+    for _ in range(5):
+        a @ a
+    rate = 5 * 2 * 2048 ** 3 / (time.perf_counter() - tic) / 1e9
+    print(f"{args.run} (step {run['step']}), {count} {args.split} shapes, {cfg.data.num_points} points; "
+          f"fp32 matmul {rate:.0f} GFLOP/s, {torch.get_num_threads()} threads")
+
+    rows = []
+    with torch.no_grad():
+        if nets[0].encoder is not None and nets[0].encoder.shape_head is not None:
+            regressed = nets[0].encoder.predict_shape(nets[0].encoder(batch["image"])[0])
+            rows.append(("regressor (no diffusion)", *scores(regressed, truth), 0, 0.0))
+        for text in args.settings:
+            sampler, steps, guidance, t_start = parse_setting(text)
+            diffusion = dataclasses.replace(cfg.diffusion, sampler=sampler, sampling_steps=steps, guidance_scale=guidance,
+                                            hierarchy=with_t_start(cfg.diffusion.hierarchy, t_start))
+            stages = build(diffusion, cfg.data.num_points)
+            gen = torch.Generator().manual_seed(args.seed)
+            counted = [Passes(net) for net in nets]
+            parts, tic = [], time.perf_counter()
+            for s in range(0, count, args.batch):
+                conds = [net.condition(images=batch["image"][s : s + args.batch]) for net in nets]
+                parts.append(sample_stages(stages, counted, conds, len(conds[0].image), generator=gen))
+            seconds = time.perf_counter() - tic
+            passes = sum(c.clouds for c in counted) / count
+            rows.append((text, *scores(torch.cat(parts), truth), passes, seconds))
+
+    base_cd, base_f1 = rows[1 if rows[0][0].startswith("regressor") else 0][1:3]
+    print(f"{'setting':<26} {'CD x1e-3':>9} {'F@1%':>7} {'passes':>6} {'s':>6}   d CD vs first [95% CI]   d F@1% vs first")
+    for name, cd, f1, passes, seconds in rows:
+        dcd = paired_bootstrap_ci(cd, base_cd)
+        df1 = paired_bootstrap_ci(f1, base_f1)
+        print(f"{name:<26} {cd.mean():9.2f} {f1.mean():7.3f} {passes:6.0f} {seconds:6.0f}   "
+              f"{dcd.mean:+.2f} [{dcd.low:+.2f}, {dcd.high:+.2f}]   {df1.mean:+.3f} [{df1.low:+.3f}, {df1.high:+.3f}]")
+
+
+if __name__ == "__main__":
+    main()
