@@ -23,7 +23,6 @@ import argparse
 import copy
 import dataclasses
 import json
-import math
 import os
 import signal
 import sys
@@ -44,13 +43,14 @@ from pvd.config import PRESETS, TrainConfig, apply_overrides, check, from_dict, 
 from pvd.data.hdf5 import ShapeDataset
 from pvd.data.render import image_grid, render_points, save_png
 from pvd.diffusion import build
-from pvd.diffusion.cascade import sample_stages, training_batch
+from pvd.diffusion.cascade import sample_stages, stage_batch
 from pvd.errors import UserError, run_command
 from pvd.imageprep import view_fill
 from pvd.metrics import chamfer_distance, f_score
 from pvd.nn import Condition, PVDUNet
 from pvd.nn.unet import UNetConfig
 from pvd.runtime import reexec_with_malloc_settings
+from pvd.training import cosine_factor, derive_seed, ema_update, warmup_factor
 
 # Fields that may change when a run is resumed: they do not alter the weights it computes.
 RESUMABLE = {"epochs", "max_steps", "device", "workers", "log_every", "ckpt_every", "keep", "val_every",
@@ -108,20 +108,14 @@ def setup_distributed(cfg: TrainConfig) -> tuple[int, int, torch.device]:
     return rank, world, device
 
 
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (SeedSequence mixes them; no two keys collide in practice)."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0] >> np.uint64(1))
-
-
 def learning_rate(cfg: TrainConfig, step: int, epoch: int, total_steps: int) -> float:
     """The learning rate of ``step`` (a pure function of the step, so resuming needs no scheduler state)."""
     o = cfg.optim
-    factor = min(1.0, (step + 1) / o.warmup_steps) if o.warmup_steps else 1.0
+    factor = warmup_factor(step, o.warmup_steps)
     if o.schedule == "exponential":
         factor *= o.gamma ** epoch
     elif o.schedule == "cosine":
-        progress = min(1.0, max(0.0, (step - o.warmup_steps) / max(1, total_steps - o.warmup_steps)))
-        factor *= o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        factor *= cosine_factor(step, o.warmup_steps, total_steps, o.min_lr_ratio)
     return o.lr * factor
 
 
@@ -160,8 +154,8 @@ class Objective(nn.Module):
             loss = stage.diffusion.loss(net, points, t, cond, noise=noise)
             if self.cfg.shape_loss:
                 # The encoder sees every image, dropped conditions included.
-                coarse = net.encoder.predict_shape(cond.image)
-                loss = loss + self.cfg.shape_loss * chamfer_distance(coarse, x0.to(device))
+                regressed = net.encoder.predict_shape(cond.image)
+                loss = loss + self.cfg.shape_loss * chamfer_distance(regressed, x0.to(device))
             losses.append(loss)
             steps.append(t)
         per_sample = torch.stack(losses)
@@ -174,7 +168,7 @@ def sample_draws(stages: list, x0: torch.Tensor, key: int, cond_drop: float) -> 
     out: dict[str, Any] = {"drop": torch.rand((), generator=g) < cond_drop, "points": [], "t": [], "noise": [],
                            "coarse": [], "level": []}
     for k, stage in enumerate(stages):
-        points, extra = training_batch(stages, k, x0, Condition() if k > 0 else None, g)
+        points, extra = stage_batch(stages, k, x0, Condition() if k > 0 else None, g)
         out["points"].append(points)
         out["coarse"].append(extra.coarse if k > 0 else None)
         out["level"].append(extra.coarse_level if k > 0 else None)
@@ -420,13 +414,8 @@ def train(cfg: TrainConfig) -> int:
                         nn.utils.clip_grad_norm_(net.parameters(), cfg.optim.grad_clip)
                 optimizer.step()
                 if ema is not None:
-                    decay = min(cfg.optim.ema_decay, (1 + step) / (10 + step))
-                    with torch.no_grad():
-                        for e_net, net in zip(ema, nets):
-                            for e_p, p in zip(e_net.parameters(), net.parameters()):
-                                e_p.lerp_(p, 1 - decay)
-                            for e_b, b in zip(e_net.buffers(), net.buffers()):
-                                e_b.copy_(b)
+                    for e_net, net in zip(ema, nets):
+                        ema_update(e_net, net, step, cfg.optim.ema_decay)
                 step += 1
                 bar.update(1)
 

@@ -17,8 +17,8 @@ from pvd.diffusion import (
     build,
     make_betas,
     sample_stages,
+    stage_batch,
     subsample,
-    training_batch,
 )
 from pvd.diffusion.samplers import ddim_sample, ddpm_sample
 from pvd.errors import UserError
@@ -38,7 +38,7 @@ def test_default_config_is_pvd():
     d = stage.diffusion
     np.testing.assert_array_equal(d.betas.numpy(), np.linspace(1e-4, 0.02, 1000))
     assert (d.mean_type, d.var_type, d.min_snr_gamma) == ("eps", "fixedsmall", None)
-    assert stage.sample.func is ddpm_sample and stage.sample.keywords == {"guidance_scale": 1.0}
+    assert stage.sampler.func is ddpm_sample and stage.sampler.keywords == {"guidance_scale": 1.0}
     assert stage.num_points == 2048 and stage.config is None
 
 
@@ -47,9 +47,9 @@ def test_config_selects_sampler_and_options():
                           sampler="ddim", sampling_steps=40, eta=0.5, guidance_scale=3.0)
     (stage,) = build(cfg, num_points=1024)
     np.testing.assert_array_equal(stage.diffusion.betas.numpy(), make_betas("cosine", 500))
-    assert stage.sample.func is ddim_sample
-    assert stage.sample.keywords == {"guidance_scale": 3.0, "steps": 40, "eta": 0.5}
-    assert build(DiffusionConfig(sampler="dpm++2m"))[0].sample.keywords["steps"] == 25  # the default
+    assert stage.sampler.func is ddim_sample
+    assert stage.sampler.keywords == {"guidance_scale": 3.0, "steps": 40, "eta": 0.5}
+    assert build(DiffusionConfig(sampler="dpm++2m"))[0].sampler.keywords["steps"] == 25  # the default
     shifted = build(DiffusionConfig(logsnr_shift=1.0))[0].diffusion
     np.testing.assert_allclose(shifted.betas.numpy(), make_betas("shifted", 1000, base="linear", shift=1.0))
 
@@ -115,7 +115,7 @@ def test_subsample_and_augment():
     assert abs(aug[2].mean().item() - 0.8 * 2) < 0.03 and abs(aug[2].std().item() - 0.6) < 0.01  # sqrt(1 - a^2) x + a eps
 
 
-def test_training_batch_attaches_the_augmented_coarse_cloud():
+def test_stage_batch_attaches_the_augmented_coarse_cloud():
     cfg = DiffusionConfig(cascade=CascadeConfig(stages=(StageConfig(16, aug_level_train=(0.0, 0.0)),
                                                         StageConfig(64, aug_level_train=(0.2, 0.4)))))
     stages = build(cfg, num_points=64)
@@ -123,19 +123,19 @@ def test_training_batch_attaches_the_augmented_coarse_cloud():
     x0 = torch.randn(8, 64, 3, generator=g)
     image = torch.randn(8, 5)
     cond = Cond(image=image, drop=torch.zeros(8, dtype=torch.bool))
-    p0, c0 = training_batch(stages, 0, x0, cond, g)
+    p0, c0 = stage_batch(stages, 0, x0, cond, g)
     assert p0.shape == (8, 16, 3) and c0 is cond
-    p1, c1 = training_batch(stages, 1, x0, cond, g)
+    p1, c1 = stage_batch(stages, 1, x0, cond, g)
     assert p1.shape == (8, 64, 3) and c1.coarse.shape == (8, 16, 3) and c1.image is image
     assert c1.coarse_level.shape == (8,) and ((c1.coarse_level >= 0.2) & (c1.coarse_level <= 0.4)).all()
     assert c1.coarse_level.std() > 0  # drawn per sample
     with pytest.raises(ValueError, match="dataclass condition"):
-        training_batch(stages, 1, x0, None, g)
+        stage_batch(stages, 1, x0, None, g)
     # at level 0 the coarse cloud is a subset of the stage's own points (a middle stage: not of all the data)
     zero = (0.0, 0.0)
     clean = build(dataclasses.replace(cfg, cascade=CascadeConfig(stages=(StageConfig(8), StageConfig(16, aug_level_train=zero),
                                                                          StageConfig(64, aug_level_train=zero)))), 64)
-    p, c = training_batch(clean, 1, x0, cond, g)
+    p, c = stage_batch(clean, 1, x0, cond, g)
     assert p.shape == (8, 16, 3) and c.coarse.shape == (8, 8, 3)
     assert (c.coarse[:, :, None] == p[:, None]).all(dim=3).any(dim=2).all()
 
@@ -217,7 +217,7 @@ def test_toy_cascade_trains_and_samples_end_to_end():
         x0 = toy_clouds(128, 32, g)
         cond = Cond(drop=torch.zeros(128, dtype=torch.bool))
         for k, (stage, model, opt) in enumerate(zip(stages, models, opts)):
-            points, stage_cond = training_batch(stages, k, x0, cond, g)
+            points, stage_cond = stage_batch(stages, k, x0, cond, g)
             loss = stage.diffusion.loss(model, points, stage.diffusion.sample_t(128, g), stage_cond, generator=g).mean()
             opt.zero_grad()
             loss.backward()

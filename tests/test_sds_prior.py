@@ -214,11 +214,11 @@ def test_training_pairs_are_keyed_and_distinct(pipeline_data):
     assert views_.images.shape == (8, 2, 4, 8, 8)  # 4 train shapes per category, 2 views, 16 -> 8 pixels
     diffusion = make_diffusion(PriorTrainConfig().diffusion)
     keys = list(range(40))
-    x0, t, noise, cond = train_prior.training_batch(views_, diffusion, keys, cond_drop=0.5)
-    again = train_prior.training_batch(views_, diffusion, keys, cond_drop=0.5)
+    x0, t, noise, cond = train_prior.view_batch(views_, diffusion, keys, cond_drop=0.5)
+    again = train_prior.view_batch(views_, diffusion, keys, cond_drop=0.5)
     for u, v in zip((x0, t, noise, cond.input_view, cond.camera, cond.drop), (*again[:3], *vars(again[3]).values())):
         assert torch.equal(u, v)
-    shifted = train_prior.training_batch(views_, diffusion, keys[1:] + [99], cond_drop=0.5)
+    shifted = train_prior.view_batch(views_, diffusion, keys[1:] + [99], cond_drop=0.5)
     assert torch.equal(shifted[2][:-1], noise[1:])  # a sample's draws depend on its key alone
     assert 5 < int(cond.drop.sum()) < 35
     # input and target are distinct views of one shape, and the camera relates them

@@ -15,7 +15,7 @@ import torch
 from pvd.io import atomic_path
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository: train.py and the pvd package
-REF_POINTS = 2048  # ground-truth points per shape (PointFlow's held-out slice)
+TRUTH_POINTS = 2048  # ground-truth points per shape (PointFlow's held-out slice)
 MESH_SAMPLES = 2048  # surface samples per mesh for the mesh metrics
 THRESHOLDS = {"1": 0.01, "2": 0.02}  # F-score distances, fractions of the truth's box diagonal
 EXPLODED, COLLAPSED = 2.0, 0.25  # output / truth box-diagonal ratios flagged as failures

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pvd.bench.common import REF_POINTS
+from pvd.bench.common import TRUTH_POINTS
 from pvd.data.hdf5 import SPLITS, FileInfo, open_dataset_file
 from pvd.errors import UserError
 
@@ -47,7 +47,7 @@ class Data:
 
 def load_data(path: str, split: str, view: int, categories: list[str], num: int | None, points: int) -> Data:
     """The ``split`` shapes of ``categories`` with input ``view``; the first ``num`` (all when None)
-    also get their ground truth (REF_POINTS held-out points) and ``points`` resampled truth points."""
+    also get their ground truth (TRUTH_POINTS held-out points) and ``points`` resampled truth points."""
     with open_dataset_file(path) as f:
         info = FileInfo.read(f)
         if split not in SPLITS:
@@ -61,7 +61,7 @@ def load_data(path: str, split: str, view: int, categories: list[str], num: int 
         if len(rows) == 0:
             raise UserError(f"{path} has no {split} shapes of the run's categories ({', '.join(categories)})")
         held_out = info.num_points - info.num_train_points
-        ref_points = min(REF_POINTS, held_out)
+        ref_points = min(TRUTH_POINTS, held_out)
         if points > ref_points:
             raise UserError(f"--points {points}: the ground truth has only {ref_points} held-out points per shape")
         if points > info.num_train_points:

@@ -85,7 +85,7 @@ class PVDModel:
     def step_count(self, spec: Spec) -> int:
         """The step count a setting runs (ddpm: all T; others: given or the sampler's default)."""
         stage = self.stages(spec)[0]
-        return int(stage.sample.keywords.get("steps", self.cfg.diffusion.num_steps))
+        return int(stage.sampler.keywords.get("steps", self.cfg.diffusion.num_steps))
 
     def check_spec(self, spec: Spec) -> None:
         if spec.sampler not in SAMPLERS:

@@ -8,7 +8,7 @@ hierarchy.py  the hierarchy: a regressed coarse cloud refined by diffusion over 
 config.py     DiffusionConfig and build(config) -> stages
 """
 
-from pvd.diffusion.cascade import CascadeConfig, Stage, StageConfig, augment, sample_stages, subsample, training_batch
+from pvd.diffusion.cascade import CascadeConfig, Stage, StageConfig, augment, sample_stages, stage_batch, subsample
 from pvd.diffusion.config import DiffusionConfig, build, make_diffusion, make_sampler
 from pvd.diffusion.gaussian import GaussianDiffusion
 from pvd.diffusion.hierarchy import HierarchyConfig
@@ -18,5 +18,5 @@ from pvd.diffusion.schedules import SCHEDULES, make_betas, resolution_shift
 __all__ = [
     "CascadeConfig", "DiffusionConfig", "GaussianDiffusion", "HierarchyConfig", "SAMPLERS", "SCHEDULES", "Stage", "StageConfig",
     "augment", "build", "ddim_sample", "ddpm_sample", "dpm_solver_pp_sample", "heun_sample", "make_betas",
-    "make_diffusion", "make_sampler", "resolution_shift", "sample_stages", "subsample", "training_batch",
+    "make_diffusion", "make_sampler", "resolution_shift", "sample_stages", "stage_batch", "subsample",
 ]

@@ -82,7 +82,7 @@ class Stage:
 
     num_points: int
     diffusion: GaussianDiffusion
-    sample: Callable[..., torch.Tensor]  # sampler(model, shape, cond, *, generator, ...) with the config's options bound
+    sampler: Callable[..., torch.Tensor]  # sampler(model, shape, cond, *, generator, ...) with the config's options bound
     config: StageConfig | None = None
     # The hierarchy's refinement stage (pvd.diffusion.hierarchy): trained on t <= t_max, sampled from
     # the condition's coarse cloud (cond.shape) noised to t_start. None: the whole process.
@@ -117,8 +117,8 @@ def with_coarse(cond: Any, coarse: torch.Tensor, level: torch.Tensor) -> Any:
     return dataclasses.replace(cond, coarse=coarse, coarse_level=level)
 
 
-def training_batch(stages: Sequence[Stage], k: int, x0: torch.Tensor, cond: Any = None,
-                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, Any]:
+def stage_batch(stages: Sequence[Stage], k: int, x0: torch.Tensor, cond: Any = None,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, Any]:
     """Stage k's training input from a batch of data clouds x0 (B, N, 3): (points (B, N_k, 3), cond).
 
     For k > 0, cond gains the coarse cloud (a subset of the stage's points, noised at a level
@@ -169,7 +169,7 @@ def sample_stages(stages: Sequence[Stage], models: Sequence[Model], cond: Any | 
             sampler_options = dict(sampler_options, t_start=stage.t_start,
                                    x_T=start_cloud(stage.diffusion, stage_cond.shape.to(dtype), stage.num_points,
                                                    stage.t_start, generator))
-        x = stage.sample(model, (batch_size, stage.num_points, 3), stage_cond, generator=generator, progress=report,
+        x = stage.sampler(model, (batch_size, stage.num_points, 3), stage_cond, generator=generator, progress=report,
                          dtype=dtype, device=device, **sampler_options)
         clouds.append(x)
     return clouds if return_all else x

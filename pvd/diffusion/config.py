@@ -5,7 +5,7 @@ sampler name into a function with its options bound. Training and sampling scrip
 returned stages without branching: a single-stage process is a list of one ``Stage``.
 
     stages = build(DiffusionConfig(), num_points=2048)
-    diffusion, sample = stages[0].diffusion, stages[0].sample
+    diffusion, sample = stages[0].diffusion, stages[0].sampler
     loss = diffusion.loss(model, x0, diffusion.sample_t(len(x0)), cond).mean()
     points = sample(model, (4, 2048, 3), cond, generator=torch.Generator().manual_seed(0))
 """

@@ -279,9 +279,9 @@ def _small() -> UNetConfig:
     )
 
 
-def _quick() -> UNetConfig:
-    # The quickstart's network: 512 points, coarse voxel grids (8^3, 4^3) and no dropout, about
-    # twice the training throughput of ``small`` on a CPU for a run of minutes.
+def _cpu_512() -> UNetConfig:
+    # 512 points on a CPU: coarse voxel grids (8^3, 4^3) and no dropout, about twice the training
+    # throughput of ``small`` for a run of minutes (the quickstart's network before 2048 points).
     enc = EncoderConfig(widths=(16, 32, 64, 128), dim=128, blocks=1)
     return UNetConfig(
         down=(
@@ -300,10 +300,10 @@ def _quick() -> UNetConfig:
 
 
 def _cpu_2048() -> UNetConfig:
-    # ``quick`` for 2048 points: a 16^3 first voxel level (16 channels, to keep its cost) where
-    # quick has 8^3, for the surface detail the hierarchy's refiner adds. A CPU training step
-    # (batch 32) costs 1.2x quick's at 2048 points and 1.8x quick's at 512 (tests/benchmarks/unet_speed.py).
-    q = _quick()
+    # ``cpu-512`` for 2048 points (the quickstart's network): a 16^3 first voxel level (16 channels,
+    # to keep its cost) where cpu-512 has 8^3, for the surface detail the hierarchy's refiner adds.
+    # A CPU training step (batch 32, 2048 points) costs 1.2x cpu-512's (tests/benchmarks/unet_speed.py).
+    q = _cpu_512()
     return dataclasses.replace(
         q,
         down=(DownLevel(16, 1, 16, 128, 0.2, 16, (32, 64)),) + q.down[1:],
@@ -328,14 +328,14 @@ def _tiny() -> UNetConfig:
     )
 
 
-PRESETS = {"pvd-paper": _paper, "pvd-paper-cond": _paper_cond, "small": _small, "quick": _quick, "cpu-2048": _cpu_2048,
+PRESETS = {"pvd-paper": _paper, "pvd-paper-cond": _paper_cond, "small": _small, "cpu-512": _cpu_512, "cpu-2048": _cpu_2048,
            "tiny": _tiny}
 
 
 def preset(name: str) -> UNetConfig:
     """The named config: ``pvd-paper`` (the reference, unconditional), ``pvd-paper-cond`` (the same
-    with image conditioning), ``small`` (CPU training in minutes), ``quick`` (512 points, coarse voxels),
-    ``cpu-2048`` (the quickstart's: quick with a finer first voxel level for 2048 points),
+    with image conditioning), ``small`` (CPU training in minutes), ``cpu-512`` (512 points, coarse voxels),
+    ``cpu-2048`` (the quickstart's: cpu-512 with a finer first voxel level for 2048 points),
     ``tiny`` (tests)."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")

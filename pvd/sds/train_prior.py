@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import sys
 import time
@@ -37,6 +36,7 @@ from pvd.errors import UserError, run_command
 from pvd.runtime import reexec_with_malloc_settings
 from pvd.sds.prior import (RUN_KEY, PriorTrainConfig, ViewCondition, ViewPrior, check_config, relative_camera, stored_config,
                            to_prior_image)
+from pvd.training import cosine_factor, derive_seed, ema_update, warmup_factor
 
 # Fields a resumed run may change: they do not alter the weights it computes up to a step.
 RESUMABLE = {"max_steps", "run_dir", "resume", "log_every", "ckpt_every", "keep", "threads"}
@@ -88,12 +88,7 @@ def read_views(path: str | os.PathLike, split: str, size: int) -> ViewSet:
     return ViewSet(images, cams["elevation"], cams["azimuth"], cams["distance"], rows)
 
 
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (SeedSequence mixes them; no two keys collide in practice)."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0] >> np.uint64(1))
-
-
-def training_batch(views: ViewSet, diffusion: GaussianDiffusion, keys: list[int], cond_drop: float
+def view_batch(views: ViewSet, diffusion: GaussianDiffusion, keys: list[int], cond_drop: float
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, ViewCondition]:
     """(target views x0 (B, 4, s, s), timesteps t (B,), noise (B, 4, s, s), condition), one sample per key.
 
@@ -124,9 +119,8 @@ def use_bf16(cfg: PriorTrainConfig) -> bool:
 
 def learning_rate(cfg: PriorTrainConfig, step: int) -> float:
     """Linear warmup, then cosine decay to lr * min_lr_ratio at max_steps (a pure function of the step)."""
-    factor = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
-    progress = min(1.0, max(0.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)))
-    return cfg.lr * factor * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+    return cfg.lr * warmup_factor(step, cfg.warmup_steps) * cosine_factor(step, cfg.warmup_steps, cfg.max_steps,
+                                                                          cfg.min_lr_ratio)
 
 
 def parse_config(argv: list[str]) -> PriorTrainConfig:
@@ -191,7 +185,7 @@ def train(cfg: PriorTrainConfig) -> Path:
         for group in optimizer.param_groups:
             group["lr"] = lr
         keys = [derive_seed(cfg.seed, step, i) for i in range(cfg.batch_size)]
-        x0, t, noise, cond = training_batch(views, diffusion, keys, cfg.cond_drop)
+        x0, t, noise, cond = view_batch(views, diffusion, keys, cfg.cond_drop)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             per_sample = diffusion.loss(model, x0, t, cond, noise=noise)
         loss = per_sample.mean()
@@ -200,10 +194,7 @@ def train(cfg: PriorTrainConfig) -> Path:
         if cfg.grad_clip is not None:
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
-        decay = min(cfg.ema_decay, (1 + step) / (10 + step))  # a short warm-up of the average
-        with torch.no_grad():
-            for e_p, p in zip(ema.parameters(), model.parameters()):
-                e_p.lerp_(p, 1 - decay)
+        ema_update(ema, model, step, cfg.ema_decay)
         step += 1
         bar.update(1)
 

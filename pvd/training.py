@@ -1,0 +1,43 @@
+"""What both training loops share: train.py (the denoiser) and pvd.sds.train_prior (the view prior).
+
+Seeds derived from (seed, step, index) keys, the learning-rate factors and the EMA update. The
+schedule is a pure function of the step rather than a ``torch.optim.lr_scheduler``: a resumed run
+then needs no scheduler state and repeats the uninterrupted run bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (SeedSequence mixes them; no two keys collide in practice)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def warmup_factor(step: int, warmup_steps: int) -> float:
+    """Linear warmup: (step + 1) / warmup_steps for the first warmup_steps steps, then 1."""
+    return min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+
+
+def cosine_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
+    """Cosine decay from 1 after the warmup to min_ratio at total_steps (constant after)."""
+    progress = min(1.0, max(0.0, (step - warmup_steps) / max(1, total_steps - warmup_steps)))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+@torch.no_grad()
+def ema_update(average: nn.Module, model: nn.Module, step: int, decay: float) -> None:
+    """One step of the exponential moving average of ``model``'s parameters into ``average``.
+
+    The decay is warmed up as min(decay, (1 + step) / (10 + step)) so that early weights do not
+    linger; buffers (no gradients, e.g. norm statistics) are copied.
+    """
+    d = min(decay, (1 + step) / (10 + step))
+    torch._foreach_lerp_(list(average.parameters()), list(model.parameters()), 1 - d)
+    for a, b in zip(average.buffers(), model.buffers()):
+        a.copy_(b)
