@@ -30,8 +30,7 @@ import torch
 from tqdm import tqdm
 
 from pvd import checkpoint
-from pvd.data.cameras import R2N2_FOCAL_NDC, intrinsics_from_ndc_focal, orbit_extrinsics
-from pvd.data.render import image_grid, render_points, save_png
+from pvd.data.render import save_png
 from pvd.diffusion import build
 from pvd.diffusion.cascade import sample_stages
 from pvd.diffusion.hierarchy import with_t_start
@@ -41,10 +40,10 @@ from pvd.imageprep import prepare_photo
 from pvd.io import atomic_path, save_points
 from pvd.meshing import load_points, mesh_from_points, save_mesh
 from pvd.nn import Condition
+from pvd.preview import preview
 from pvd.runtime import pick_device
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-PREVIEW_SIZE = 128
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,21 +96,6 @@ def unique_names(paths: list[Path]) -> list[str]:
         taken.add(name)
         names.append(name)
     return names
-
-
-def preview(points: np.ndarray, view: np.ndarray | None) -> np.ndarray:
-    """Input view (if any) | the cloud from two sides, each PREVIEW_SIZE square."""
-    centre = (points.max(0) + points.min(0)) / 2
-    radius = max(float(np.linalg.norm(points - centre, axis=1).max()), 1e-6)
-    unit = (points - centre) / radius
-    k = intrinsics_from_ndc_focal(R2N2_FOCAL_NDC, PREVIEW_SIZE, PREVIEW_SIZE)
-    tiles = []
-    if view is not None:
-        from PIL import Image
-        tiles.append(np.asarray(Image.fromarray(view).resize((PREVIEW_SIZE, PREVIEW_SIZE), Image.NEAREST)))
-    for azimuth in (30.0, 210.0):
-        tiles.append(render_points(unit, k, orbit_extrinsics(azimuth, 25.0, 2.6), PREVIEW_SIZE, PREVIEW_SIZE, radius_px=1.0))
-    return image_grid(tiles, columns=len(tiles))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -215,12 +199,15 @@ def main(argv: list[str] | None = None) -> int:
     for (name, i), points in zip(jobs, samples):
         save_points(out / f"{name}.ply", points)
         save_points(out / f"{name}.npy", points)
-        save_png(out / f"{name}.png", preview(points, None if i is None else np.moveaxis(views[i], 0, -1)))
-        if args.mesh:
-            try:
-                save_mesh(mesh_from_points(points), out / f"{name}.{args.mesh}")
-            except UserError as e:
-                print(f"warning: {name}: no mesh ({e})", file=sys.stderr)
+        mesh, no_mesh = None, None
+        try:
+            mesh = mesh_from_points(points)
+        except UserError as e:
+            no_mesh = "no mesh"
+            print(f"warning: {name}: no mesh ({e})", file=sys.stderr)
+        if args.mesh and mesh is not None:
+            save_mesh(mesh, out / f"{name}.{args.mesh}")
+        save_png(out / f"{name}.png", preview(name, points, None if i is None else np.moveaxis(views[i], 0, -1), mesh, no_mesh))
         written.append(name)
     with atomic_path(out / "samples.npy") as tmp, open(tmp, "wb") as f:
         np.save(f, samples.astype(np.float32))

@@ -325,15 +325,26 @@ def test_image_encoder_returns_vector_and_tokens():
 # ---- the condition type ----
 
 
-def test_condition_batching_null_and_replace():
+def test_null_is_the_unconditional_branch_of_one_guided_call(tiny):
+    """What null() is for: classifier-free guidance asks the network for cat([cond, cond.null()]) in
+    one call. The second half must be the unconditional output, the same whatever image and label
+    the condition held; the first half the plain conditional output. (Float tolerance: the doubled
+    batch may reduce in another order.)"""
+    x, t, images, category = tiny_inputs()
+    cond = tiny.condition(images=images, category=category)
+    other = tiny.condition(images=images.roll(1, 0), category=(category + 1) % 5)
+    with torch.no_grad():
+        both = tiny(torch.cat([x, x]), torch.cat([t, t]), Condition.cat([cond, cond.null()]))
+        conditional, unconditional = tiny(x, t, cond), tiny(x, t, other.null())
+    torch.testing.assert_close(both[:3], conditional, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(both[3:], unconditional, rtol=1e-4, atol=1e-5)
+    assert (conditional - unconditional).abs().amax(dim=(1, 2)).min() > 1e-4  # and it is not the conditional one
+
+
+def test_condition_batching_and_replace():
     image = torch.randn(3, 8)
     cond = Condition(image=image, category=torch.tensor([0, 1, 2]))
     assert cond.batch_size == 3 and not cond.dropped().any()
-    null = cond.null()
-    assert null.dropped().all() and null.image is image
-    both = Condition.cat([cond, null])
-    assert both.batch_size == 6 and both.dropped().tolist() == [False] * 3 + [True] * 3
-    torch.testing.assert_close(both.image, torch.cat([image, image]))
     moved = dataclasses.replace(cond, coarse=torch.zeros(3, 5, 3), coarse_level=torch.zeros(3))
     assert moved.coarse.shape == (3, 5, 3) and moved.image is image
     with pytest.raises(ValueError, match="batch size"):

@@ -20,6 +20,7 @@ from pvd import evaluate
 from pvd.data.hdf5 import DatasetConfig, ShapeDataset
 from pvd.errors import UserError
 from pvd.io import save_points
+from pvd.preview import LABEL_HEIGHT, PANEL
 from in_process import run_main  # tests/in_process.py
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -146,8 +147,8 @@ def test_images_end_to_end_through_the_command(cond_run, photos, tmp_path):
         np.testing.assert_array_equal(np.asarray(cloud.vertices, dtype=np.float32), points)
         mesh = trimesh.load(out / f"{name}.obj", process=False)
         assert len(mesh.vertices) > 0 and len(mesh.faces) > 0
-        with Image.open(out / f"{name}.png") as im:  # input view | two sides of the cloud
-            assert im.format == "PNG" and im.size[0] >= 3 * sample.PREVIEW_SIZE and im.size[1] >= sample.PREVIEW_SIZE
+        with Image.open(out / f"{name}.png") as im:  # name over input view | two sides of the cloud | of the mesh
+            assert im.format == "PNG" and im.size == (5 * (PANEL + 2) + 2, LABEL_HEIGHT + PANEL + 4)
 
     info = info_of(out)
     assert (info["sampler"], info["steps"], info["seed"], info["guidance_scale"]) == ("ddim", 3, 0, 1.0)
@@ -334,8 +335,8 @@ def test_num_and_points_for_unconditional_sampling(uncond_run, tmp_path):
         np.testing.assert_array_equal(np.load(out / f"{name}.npy"), cloud)
     for i, j in ((0, 1), (0, 2), (1, 2)):  # the second batch is not a copy of the first
         assert np.abs(samples[i] - samples[j]).mean() > 1e-3, (i, j)
-    with Image.open(out / "sample-0000.png") as im:  # no input view: two tiles
-        assert 2 * sample.PREVIEW_SIZE <= im.size[0] < 3 * sample.PREVIEW_SIZE
+    with Image.open(out / "sample-0000.png") as im:  # no input view: two cloud panels, then mesh (2) or 'no mesh' (1)
+        assert im.size[0] in (3 * (PANEL + 2) + 2, 4 * (PANEL + 2) + 2)
 
 
 # ---- 7. guidance ------------------------------------------------------------------------------
