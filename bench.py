@@ -7,27 +7,29 @@ step's time adds up its attempts, so a slow machine can spread the training over
 
     python bench.py train --data data/synth.h5 --out runs/bench
 
-    1. single : python train.py quickstart data.path=DATA run_dir=DIR/single
-    2. cascade: the same with diffusion.cascade=default and stages 128 -> 512 points
-    3. sds    : python -m pvd.sds.train_prior data=DATA run_dir=DIR/sds-prior
-    4. pfid   : python -m pvd.pfid train --data DATA --out DIR/pfid
+    1. pvd : python train.py image-2048 data.path=DATA run_dir=DIR/pvd  (the recommended model)
+    2. regressor: python -m pvd.regressor data.path=DATA run_dir=DIR/regressor  (encoder trained alone)
+    3. sds : python -m pvd.sds.train_prior data=DATA run_dir=DIR/sds-prior
+    4. pfid: python -m pvd.pfid train --data DATA --out DIR/pfid
 
 On GPUs, larger runs go through the same command with overrides (untested here: no GPU), e.g.
-``--pvd-set epochs=400 batch_size=64 --cascade-set epochs=400 batch_size=64 --prior-set
-max_steps=20000``, or a 2048-point cascade with ``--cascade-set data.num_points=2048
-'diffusion.cascade.stages=[{"num_points":512},{"num_points":2048}]'``.
+``--pvd-set max_steps=20000 batch_size=64 --prior-set max_steps=20000``; on ShapeNet train the
+``shapenet-image`` preset with train.py directly. An ablation's second run (e.g. ``python
+train.py image-2048 diffusion.hierarchy=none run_dir=DIR/single-stage``) is trained apart.
 
 Then the benchmark (per test shape, one fixed input view):
 
-    python bench.py --data data/synth.h5 --pvd runs/bench/single --pvd-cascade runs/bench/cascade \\
+    python bench.py --data data/synth.h5 --pvd runs/bench/pvd --regressor runs/bench/regressor \\
         --sds runs/bench/sds-prior --pfid runs/bench/pfid --num 50 --sds-num 20 --out outputs/bench
 
-Methods: ``pvd`` (the single-stage run with its recommended sampler: the run's own
-``diffusion.sampler`` / ``sampling_steps`` / ``guidance_scale``, or --sampler/--steps/--guidance),
-``cascade`` (the coarse-to-fine run), ``sds`` (``python -m pvd.sds`` on the first --sds-num
-shapes, same view), ``regressor`` (when the PVD run's encoder has a shape head: its coarse
-cloud regressed from the image, no diffusion), ``retrieval`` (the training shape whose view embedding, from the PVD
-run's own image encoder, is nearest to the input's), ``oracle`` (the training shape nearest
+Methods: ``pvd`` (the run with its recommended sampler: the run's own ``diffusion.sampler`` /
+``sampling_steps`` / ``guidance_scale`` / ``hierarchy.t_start``, or --sampler/--steps/--guidance/
+--t-start), ``ablation`` (--pvd-ablation, a second run sampled with the same setting), ``sds``
+(``python -m pvd.sds`` on the first --sds-num shapes, same view), ``regressor`` (when the PVD
+run's encoder has a shape head: its coarse cloud regressed from the image, no diffusion),
+``retrieval`` (the training shape whose view embedding, from the PVD run's own image encoder, is
+nearest to the input's), ``regressor-alone`` and ``retrieval-alone`` (with --regressor: the same
+two from an encoder trained alone, so that a weak PVD encoder cannot lower the bar), ``oracle`` (the training shape nearest
 to the ground truth in Chamfer distance: the bound for any retrieval) and ``truth-resample``
 (another sample of the ground-truth surface itself: the ceiling at this point count).
 
@@ -57,13 +59,8 @@ run's normalisation). Conventions (also written into every output):
   doubled batch counts once, as SDS's prior evaluations do); peak memory: the process's
   resident set (CPU) or the CUDA allocator's peak.
 
-Measured on the reference 2-vCPU machine, idle (2026-11-25, see the README's Benchmark
-section): training 40.6 min (single stage 8.3, cascade 14.5, SDS prior 16.7, P-FID 1.2); the
-benchmark at --num 50 --sds-num 20 41.4 min, 27 of them the SDS lifts (800 iterations, 81 s
-per shape), then the curves (DDPM-1000 about 3 min) and the distribution metrics. On cores
-that other jobs keep busy, pass --threads 1: two torch threads measured 35x slower there.
-The cascade is sampled with the same sampler, steps and guidance as the single stage (the
-ablation changes one thing).
+Times measured on 2-core machines are in tests/benchmarks/README.md. On cores that other jobs
+keep busy, pass --threads 1: two torch threads measured 35x slower there.
 
 Outputs in --out (each written atomically): results.md, results.json, results.csv (one row
 per method and shape), grid.png (input | truth | methods for a dozen shapes), worst.png (the
@@ -121,7 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog="python bench.py train --help: train every model the benchmark needs")
     p.add_argument("--data", required=True, help="pvd HDF5 dataset with views (data/synth.h5)")
     p.add_argument("--pvd", required=True, help="the single-stage PVD run (image-conditioned)")
-    p.add_argument("--pvd-cascade", help="a cascade run: the coarse-to-fine ablation")
+    p.add_argument("--pvd-ablation", help="a second PVD run that differs from --pvd in one thing (the ablation)")
+    p.add_argument("--regressor", help="a stand-alone regressor run (python -m pvd.regressor): retrieval in its "
+                                       "embedding and its cloud become two more rows")
     p.add_argument("--sds", help="the SDS baseline's prior run (python -m pvd.sds.train_prior)")
     p.add_argument("--pfid", help="P-FID classifier folder (python -m pvd.pfid train); default DATA.pfid when it exists")
     p.add_argument("--split", default="test")
@@ -168,7 +167,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError("--threads must be at least 1")
     if args.steps is not None and args.steps < 1:
         raise UserError("--steps must be at least 1")
-    for name in ("pvd", "pvd_cascade", "sds", "pfid"):
+    for name in ("pvd", "pvd_ablation", "regressor", "sds", "pfid"):
         value = getattr(args, name)
         if value is not None and not Path(value).exists():
             raise UserError(f"--{name.replace('_', '-')} {value}: no such run or folder")
@@ -196,9 +195,9 @@ def build_train_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="data/synth.h5")
     p.add_argument("--out", default="runs/bench")
     p.add_argument("--device", default="auto")
-    p.add_argument("--only", nargs="*", choices=("single", "cascade", "sds", "pfid"), help="train only these")
-    p.add_argument("--pvd-set", nargs="*", default=[], metavar="KEY=VALUE", help="train.py overrides for the single stage")
-    p.add_argument("--cascade-set", nargs="*", default=[], metavar="KEY=VALUE", help="train.py overrides for the cascade")
+    p.add_argument("--only", nargs="*", choices=("pvd", "regressor", "sds", "pfid"), help="train only these")
+    p.add_argument("--pvd-set", nargs="*", default=[], metavar="KEY=VALUE", help="train.py overrides for the PVD model")
+    p.add_argument("--regressor-set", nargs="*", default=[], metavar="KEY=VALUE", help="pvd.regressor overrides")
     p.add_argument("--prior-set", nargs="*", default=[], metavar="KEY=VALUE", help="pvd.sds.train_prior overrides")
     p.add_argument("--pfid-set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="options of python -m pvd.pfid train (epochs=4 widths=64,128)")

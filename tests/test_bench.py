@@ -16,7 +16,7 @@ import pytest
 
 import bench
 import train
-from pvd import checkpoint
+from pvd import checkpoint, regressor
 from pvd.bench import run, training
 from pvd.errors import UserError
 from pvd.pfid import ClassifierConfig, save_classifier, train_classifier
@@ -28,25 +28,28 @@ pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def models(pipeline_data, tmp_path_factory):
-    """One-step tiny runs (the plumbing, not the shapes): single stage (with a shape head, so the
-    regressor row is scored), a 64 -> 128 cascade, the SDS prior and the P-FID classifier."""
+    """One-step tiny runs (the plumbing, not the shapes): the hierarchy (a shape head, so the
+    regressor row is scored, refined over t <= 0.5 T), its single-stage ablation, the SDS prior and
+    the P-FID classifier."""
     root = tmp_path_factory.mktemp("bench-models")
     data = str(pipeline_data)
-    assert train.main(["tiny", f"data.path={data}", f"run_dir={root / 'single'}", "max_steps=1", "shape_loss=1",
-                       "shape_points=16"]) == 0
-    assert train.main(["tiny", f"data.path={data}", f"run_dir={root / 'cascade'}", "max_steps=1",
-                       "diffusion.cascade=default", 'diffusion.cascade.stages=[{"num_points":64},{"num_points":128}]']) == 0
+    shaped = ["max_steps=1", "shape_loss=1", "shape_points=16", "shape_input=true"]
+    assert train.main(["tiny", f"data.path={data}", f"run_dir={root / 'pvd'}", *shaped, "diffusion.hierarchy.t_max=0.5"]) == 0
+    assert train.main(["tiny", f"data.path={data}", f"run_dir={root / 'ablation'}", *shaped]) == 0
+    regressor.main([f"data.path={data}", f"run_dir={root / 'regressor'}", "data.num_points=128", "widths=8,16",
+                    "dim=16", "blocks=1", "shape_points=16", "max_steps=2", "batch_size=4"])
     train_prior.main([f"data={data}", f"run_dir={root / 'prior'}", "model.image_size=8", "model.channels=8,16",
                       "model.heads=2", "model.embed_dim=16", "batch_size=4", "max_steps=1", "log_every=1", "warmup_steps=1"])
     model, record = train_classifier(data, ClassifierConfig(widths=(8, 16), feature_dim=8, num_points=64, epochs=1,
                                                             batch_size=4), log=lambda *a: None)
     save_classifier(model, record, root / "pfid")
-    return {"data": data, "single": str(root / "single"), "cascade": str(root / "cascade"),
+    return {"data": data, "pvd": str(root / "pvd"), "ablation": str(root / "ablation"), "regressor": str(root / "regressor"),
             "prior": str(root / "prior"), "pfid": str(root / "pfid")}
 
 
 def args(models, out, *extra):
-    return ["--data", models["data"], "--pvd", models["single"], "--pvd-cascade", models["cascade"],
+    return ["--data", models["data"], "--pvd", models["pvd"], "--pvd-ablation", models["ablation"],
+            "--regressor", models["regressor"],
             "--sds", models["prior"], "--pfid", models["pfid"], "--out", str(out), "--num", "2", "--sds-num", "1",
             "--sampler", "ddim", "--steps", "2", "--steps-curve", "ddim:1,2", "--guidance-curve", "1,2",
             "--curve-num", "2", "--batch", "2", "--latency-shapes", "1", "--throughput-batches", "1,2", "--workers", "1",
@@ -73,7 +76,8 @@ def test_every_output_is_written_with_finite_consistent_numbers(first):
     assert not list(first.rglob("*.partial"))
     result = json.loads((first / "results.json").read_text())
     q = result["quality"]
-    assert list(q["methods"]) == ["pvd", "cascade", "sds", "regressor", "retrieval", "oracle", "truth-resample"]
+    assert list(q["methods"]) == ["pvd", "ablation", "sds", "regressor", "regressor-alone", "retrieval", "retrieval-alone",
+                                 "oracle", "truth-resample"]
     assert result["cost"]["methods"]["regressor"]["network_evaluations_per_shape"] == 1
     assert q["methods"]["sds"]["shapes"] == 1 and q["methods"]["pvd"]["shapes"] == 2
     for method, summary in q["methods"].items():
@@ -83,16 +87,17 @@ def test_every_output_is_written_with_finite_consistent_numbers(first):
             assert ci["low"] <= ci["mean"] <= ci["high"]
         assert summary["mean"]["cd"]["mean"] >= 0 and 0 <= summary["mean"]["f1"]["mean"] <= 1
     rows = read_csv(first / "results.csv")
-    assert len(rows) == 2 * 6 + 1
+    assert len(rows) == 2 * 8 + 1
     by = {(r["method"], r["name"]): r for r in rows}
     for name in {r["name"] for r in rows}:
         # The oracle answers with the training shape nearest in Chamfer distance: never worse than retrieval.
         assert float(by["oracle", name]["cd"]) <= float(by["retrieval", name]["cd"]) * (1 + 1e-5)
-    assert {d["b"] for d in q["differences"] if d["a"] == "pvd"} == {"cascade", "sds", "regressor", "retrieval", "oracle"}
-    assert all(int(r["points"]) == 16 for r in rows if r["method"] == "regressor")  # the shape head's cloud
+    assert {d["b"] for d in q["differences"] if d["a"] == "pvd"} == {"ablation", "sds", "regressor", "regressor-alone", "retrieval",
+                                                                          "retrieval-alone", "oracle"}
+    assert all(int(r["points"]) == 16 for r in rows if r["method"] in ("regressor", "regressor-alone"))  # the heads' clouds
     for d in q["differences"]:
         assert d["low"] <= d["mean"] <= d["high"]
-    for method in ("pvd", "cascade", "retrieval", "truth-resample"):
+    for method in ("pvd", "ablation", "retrieval", "truth-resample"):
         dist = q["distribution"][method]
         assert {"MMD-CD", "COV-CD", "1-NNA-CD", "MMD-EMD", "1-NNA-EMD", "P-FID"} <= set(dist)
     assert [p["steps"] for p in q["curves"]["steps"]] == [1, 2]
@@ -100,11 +105,12 @@ def test_every_output_is_written_with_finite_consistent_numbers(first):
     assert set(q["sds_flags"]) >= {"janus", "floaters", "empty"}
     cost = result["cost"]
     assert cost["methods"]["pvd"]["network_evaluations_per_shape"] == 2  # ddim-2, guided calls count once
-    assert cost["methods"]["cascade"]["network_evaluations_per_shape"] == 4  # two stages
+    assert cost["methods"]["ablation"]["network_evaluations_per_shape"] == 2  # the same sampler from T-1
+    assert q["ablation"]["runs"]["pvd"].startswith("tiny, 128 points, hierarchy")
     assert cost["methods"]["pvd"]["seconds_per_shape_batch1"] > 0 and cost["latency_ratio_sds_over_pvd"] > 0
     assert [t["batch"] for t in cost["methods"]["pvd"]["throughput"]] == [1, 2]
     md = (first / "results.md").read_text()
-    for heading in ("## Quality", "## Differences", "## Cascade vs single stage", "## Distribution metrics",
+    for heading in ("## Quality", "## Differences", "## Ablation", "## Distribution metrics",
                     "## Per category", "## Failure analysis", "## Cost", "## Quality vs sampler steps",
                     "## Quality vs guidance"):
         assert heading in md
@@ -152,8 +158,7 @@ def test_other_settings_in_the_same_folder_are_refused(models, first):
 
 BAD_INPUT = [
     ({"--data": "missing.h5"}, "no such file"),
-    ({"--pvd": "cascade"}, "is a cascade run"),
-    ({"--pvd-cascade": "single"}, "is a single-stage run"),
+    ({"--t-start": "0.9"}, "t_start must lie"),  # beyond the hierarchy's training range (t_max 0.5)
     ({"--steps-curve": "euler:3"}, "unknown sampler"),
     ({"--num": "0"}, "--num must be at least 1"),
     ({"--sds": "pfid"}, "not an SDS prior|checkpoint"),
@@ -163,7 +168,10 @@ BAD_INPUT = [
 def bad_args(models, out, change):
     argv = args(models, out)
     for key, value in change.items():
-        argv[argv.index(key) + 1] = models.get(value, value)
+        if key in argv:
+            argv[argv.index(key) + 1] = models.get(value, value)
+        else:
+            argv += [key, models.get(value, value)]
     return argv
 
 
@@ -193,8 +201,8 @@ def test_bad_input_is_a_one_line_user_error(models, tmp_path, monkeypatch, chang
 def test_train_mode_lists_every_step(models, tmp_path, capsys):
     assert bench.main(["train", "--data", models["data"], "--out", str(tmp_path / "runs"), "--dry-run"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split(":")[0] for line in lines] == ["single", "cascade", "sds", "pfid"]
-    assert "train.py quickstart" in lines[0] and "diffusion.cascade=default" in lines[1]
+    assert [line.split(":")[0] for line in lines] == ["pvd", "regressor", "sds", "pfid"]
+    assert "train.py image-2048" in lines[0] and "pvd.regressor" in lines[1]
     assert "pvd.sds.train_prior" in lines[2] and "pvd.pfid train" in lines[3]
     with pytest.raises(UserError, match="no such file"):
         bench.main(["train", "--data", str(tmp_path / "nope.h5"), "--dry-run"])
@@ -206,11 +214,9 @@ def test_train_mode_commands_resolve_to_the_intended_configs(models, tmp_path):
 
     cli = bench.build_train_parser().parse_args(["--data", models["data"], "--out", str(tmp_path / "runs")])
     steps = {step.name: step.command for step in training.train_steps(cli)}
-    single = train.parse_config(steps["single"][2:])
-    assert (single.model, single.data.num_points, single.diffusion.cascade) == ("quick", 512, None)
-    assert single.run_dir == str(tmp_path / "runs" / "single") and single.data.path == models["data"]
-    cascade = train.parse_config(steps["cascade"][2:])
-    assert [s.num_points for s in cascade.diffusion.cascade.stages] == [128, 512] and cascade.model == "quick"
+    pvd = train.parse_config(steps["pvd"][2:])
+    assert (pvd.model, pvd.data.num_points, pvd.diffusion.hierarchy.t_max) == ("cpu-2048", 2048, 0.5)
+    assert pvd.run_dir == str(tmp_path / "runs" / "pvd") and pvd.data.path == models["data"]
     prior = parse_prior(steps["sds"][3:])
     assert prior.run_dir == str(tmp_path / "runs" / "sds-prior") and prior.data == models["data"]
     assert steps["pfid"][1:4] == ["-m", "pvd.pfid", "train"]
@@ -231,7 +237,7 @@ def test_train_mode_runs_each_step_once_resumes_a_started_one_and_logs_its_time(
     def fake_steps(args):
         out = Path(args.out)
         return [training.TrainStep(name, [sys.executable, "-c", script, str(out / name), str(fail_once)], out / name,
-                                   name != "pfid") for name in ("single", "cascade", "sds", "pfid")]
+                                   name != "pfid") for name in ("pvd", "sds", "pfid")]
 
     monkeypatch.setattr(training, "train_steps", fake_steps)
     argv = ["train", "--data", models["data"], "--out", str(runs)]
@@ -240,25 +246,25 @@ def test_train_mode_runs_each_step_once_resumes_a_started_one_and_logs_its_time(
     assert json.loads((runs / ".partial-pfid").read_text())[0] > 0  # the failed attempt's time is kept
     assert bench.main(argv) == 0  # the three finished steps are skipped, pfid starts again
     log = json.loads((runs / "train-log.json").read_text())
-    assert list(log) == ["single", "cascade", "sds", "pfid"] and all(v["seconds"] > 0 for v in log.values())
+    assert list(log) == ["pvd", "sds", "pfid"] and all(v["seconds"] > 0 for v in log.values())
     assert len(log["pfid"]["attempts"]) == 2 and log["pfid"]["seconds"] == pytest.approx(sum(log["pfid"]["attempts"]))
     assert not (runs / ".partial-pfid").exists()
     assert all((runs / f".done-{name}").is_file() and (runs / name).is_dir() for name in log)
     out = capsys.readouterr().out
     assert "python bench.py --data" in out and "== pfid (starting again)" in out
     assert bench.main(argv) == 0
-    assert capsys.readouterr().out.count("skipped") == 4
+    assert capsys.readouterr().out.count("skipped") == 3
     (runs / ".done-sds").unlink()  # started, not finished: it resumes from its checkpoint
     assert bench.main(argv) == 0
     assert "== sds (resuming)" in capsys.readouterr().out
     calls = (runs / "calls.txt").read_text().splitlines()
-    assert [c.split()[0].rsplit("/", 1)[-1] for c in calls] == ["single", "cascade", "sds", "pfid", "pfid", "sds"]
+    assert [c.split()[0].rsplit("/", 1)[-1] for c in calls] == ["pvd", "sds", "pfid", "pfid", "sds"]
     assert calls[-1].endswith("resume=true") and not any(c.endswith("resume=true") for c in calls[:-1])
 
 
 def test_train_mode_resumes_a_real_training_run(models, tmp_path, capsys):
-    """The single-stage step's own command, stopped after one step and continued by ``resume=true``."""
-    small = ["model=tiny", "data.num_points=128", "batch_size=4", "val_every=0", "shape_loss=0", "max_steps=1"]
+    """The PVD step's own command, stopped after one step and continued by ``resume=true``."""
+    small = ["model=tiny", "data.num_points=128", "batch_size=4", "val_every=0", "shape_points=16", "max_steps=1"]
     cli = bench.build_train_parser().parse_args(["--data", models["data"], "--out", str(tmp_path / "runs"),
                                                  "--pvd-set", *small])
     (single, *_) = training.train_steps(cli)

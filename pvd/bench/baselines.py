@@ -18,7 +18,6 @@ import torch
 
 from pvd.bench.common import subprocess_env
 from pvd.bench.data import Data
-from pvd.bench.model import PVDModel
 from pvd.errors import UserError
 
 
@@ -66,17 +65,18 @@ def sds_cost(sds: dict[str, dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def retrieval_baselines(single: PVDModel, data: Data, args: argparse.Namespace, k: int, cache: Path,
-                        device: torch.device) -> dict[str, Any]:
-    """Retrieval (nearest training view embedding from the PVD run's own encoder) and the Chamfer
-    oracle: their world-frame answers (name -> (k, 3)), chosen training rows and the retrieval's cost."""
+def retrieval_baselines(encoder: torch.nn.Module, categories: list[str], data: Data, args: argparse.Namespace, k: int,
+                        cache: Path, device: torch.device, *, name: str = "retrieval", with_oracle: bool = True,
+                        bank_file: str = "embeddings-train.npz") -> dict[str, Any]:
+    """Retrieval under ``name`` (nearest training view embedding from ``encoder``, over the training
+    shapes of ``categories``) and, with_oracle, the Chamfer oracle: their world-frame answers
+    (name -> (k, 3)), chosen training rows and the retrieval's cost."""
     from pvd.retrieval import embedding_bank, encode_images, oracle, read_clouds, retrieve
 
-    encoder = single.nets[0].encoder
     tic = time.perf_counter()
-    bank = embedding_bank(encoder, args.data, "train", cache=cache / "embeddings-train.npz", device=device)
+    bank = embedding_bank(encoder, args.data, "train", cache=cache / bank_file, device=device)
     bank_seconds = time.perf_counter() - tic
-    keep = np.isin(data.info.category[bank.rows], data.info.category_ids(single.trained_categories))
+    keep = np.isin(data.info.category[bank.rows], data.info.category_ids(categories))
     bank = dataclasses.replace(bank, rows=bank.rows[keep], embeddings=bank.embeddings[keep])
     evaluated = data.shapes[: data.num]
     names = [s.name for s in evaluated]
@@ -84,12 +84,16 @@ def retrieval_baselines(single: PVDModel, data: Data, args: argparse.Namespace, 
     query = encode_images(encoder, np.stack([s.image for s in evaluated]).transpose(0, 3, 1, 2), device=device)
     answer = retrieve(query, bank, args.data, start=data.info.num_train_points, count=k, metric=args.retrieval_metric)
     seconds = (time.perf_counter() - tic) / len(evaluated)
-    candidates = read_clouds(args.data, bank.rows, data.info.num_train_points, k)
-    found = oracle(np.stack([s.ref for s in evaluated]), bank.rows, candidates, workers=args.workers)
+    outputs = {name: dict(zip(names, answer.clouds.astype(np.float64)))}
+    chosen = {name: dict(zip(names, answer.rows.tolist()))}
+    if with_oracle:
+        candidates = read_clouds(args.data, bank.rows, data.info.num_train_points, k)
+        found = oracle(np.stack([s.ref for s in evaluated]), bank.rows, candidates, workers=args.workers)
+        outputs["oracle"] = dict(zip(names, found.clouds.astype(np.float64)))
+        chosen["oracle"] = dict(zip(names, found.rows.tolist()))
     return {
-        "outputs": {"retrieval": dict(zip(names, answer.clouds.astype(np.float64))),
-                    "oracle": dict(zip(names, found.clouds.astype(np.float64)))},
-        "chosen": {"retrieval": dict(zip(names, answer.rows.tolist())), "oracle": dict(zip(names, found.rows.tolist()))},
+        "outputs": outputs,
+        "chosen": chosen,
         "cost": {"seconds_per_shape_batch1": seconds, "network_evaluations_per_shape": 1, "bank_seconds": bank_seconds,
                  "bank_cached": bank.cached, "bank_shapes": int(len(bank.rows)),
                  "note": "one encoder call and a nearest-neighbour search over the cached training view embeddings "

@@ -20,9 +20,12 @@ MESH_SAMPLES = 2048  # surface samples per mesh for the mesh metrics
 THRESHOLDS = {"1": 0.01, "2": 0.02}  # F-score distances, fractions of the truth's box diagonal
 EXPLODED, COLLAPSED = 2.0, 0.25  # output / truth box-diagonal ratios flagged as failures
 BOOTSTRAP = dict(resamples=10000, seed=0, confidence=0.95)
-METHOD_ORDER = ("pvd", "cascade", "sds", "regressor", "retrieval", "oracle", "truth-resample")
-METHOD_TITLES = {"pvd": "PVD", "cascade": "PVD cascade", "sds": "SDS lifting", "regressor": "regressor (no diffusion)",
-                 "retrieval": "retrieval", "oracle": "oracle retrieval", "truth-resample": "truth resampled"}
+METHOD_ORDER = ("pvd", "ablation", "sds", "regressor", "regressor-alone", "retrieval", "retrieval-alone", "oracle",
+                "truth-resample")
+METHOD_TITLES = {"pvd": "PVD", "ablation": "PVD ablation", "sds": "SDS lifting", "regressor": "regressor (no diffusion)",
+                 "regressor-alone": "regressor (trained alone)", "retrieval": "retrieval (PVD's encoder)",
+                 "retrieval-alone": "retrieval (encoder trained alone)", "oracle": "oracle retrieval",
+                 "truth-resample": "truth resampled"}
 # Per-shape quality numbers: key -> (title, better: "low" | "high", scale for the tables)
 METRICS = {
     "cd": ("CD", "low", 1e3), "emd": ("EMD", "low", 1e2), "f1": ("F@1%", "high", 1.0), "f2": ("F@2%", "high", 1.0),

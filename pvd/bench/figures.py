@@ -58,7 +58,7 @@ def input_tile(shape: Shape) -> np.ndarray:
 def figure_grid(data: Data, outputs: dict[str, dict[str, Any]], path: Path, count: int = 12) -> None:
     """grid.png: input | truth | each method's output for ``count`` shapes (those SDS lifted first)."""
     plt = _pyplot()
-    methods = [m for m in ("pvd", "cascade", "sds", "regressor", "retrieval", "oracle") if m in outputs]
+    methods = [m for m in METHOD_ORDER if m != "truth-resample" and m in outputs]
     with_sds = [s for s in data.shapes[: data.num] if "sds" not in outputs or s.name in outputs["sds"]]
     shapes = (with_sds if len(with_sds) >= min(count, data.num) else data.shapes[: data.num])[:count]
     columns = ["input", "truth"] + [METHOD_TITLES[m] for m in methods]

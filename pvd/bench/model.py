@@ -65,7 +65,6 @@ class PVDModel:
         self.categories = list(self.run["dataset"]["categories"])
         self.trained_categories = list(norm.get("categories") or self.categories)
         self.num_points = int(self.cfg.data.num_points)
-        self.is_cascade = self.cfg.diffusion.cascade is not None
         d = self.cfg.diffusion
         self.recommended = Spec(d.sampler, d.sampling_steps, float(d.guidance_scale),
                                 d.hierarchy.t_start if d.hierarchy is not None else None)
@@ -75,11 +74,24 @@ class PVDModel:
                 "stages": [s.num_points for s in self.stages(self.recommended)], "model": self.cfg.model,
                 "condition": self.cfg.condition, "recommended_sampler": dataclasses.asdict(self.recommended)}
 
+    def summary(self) -> str:
+        """One line naming what the run is: its network, points and stages or hierarchy."""
+        d = self.cfg.diffusion
+        if d.cascade is not None:
+            design = "cascade " + " -> ".join(str(s.num_points) for s in d.cascade.stages)
+        elif d.hierarchy is not None:
+            design = f"hierarchy: {self.cfg.shape_points}-point regressor, refined over t <= {d.hierarchy.t_max:g} T"
+        else:
+            design = f"single stage{', shape input' if self.cfg.shape_input else ''}"
+        return f"{self.cfg.model}, {self.num_points} points, {design}"
+
     def stages(self, spec: Spec) -> list[Stage]:
-        """The run's diffusion stages (pvd.diffusion.build) with ``spec``'s sampler, steps and guidance."""
+        """The run's diffusion stages (pvd.diffusion.build) with ``spec``'s sampler, steps and guidance,
+        and its refinement start when the run has a hierarchy (other runs ignore it)."""
+        hierarchy = self.cfg.diffusion.hierarchy
         diffusion = dataclasses.replace(self.cfg.diffusion, sampler=spec.sampler, sampling_steps=spec.steps,
                                         guidance_scale=spec.guidance,
-                                        hierarchy=with_t_start(self.cfg.diffusion.hierarchy, spec.t_start))
+                                        hierarchy=with_t_start(hierarchy, spec.t_start if hierarchy else None))
         return build(diffusion, self.num_points)
 
     def step_count(self, spec: Spec) -> int:
@@ -92,37 +104,22 @@ class PVDModel:
             raise UserError(f"unknown sampler {spec.sampler!r}; choose from {', '.join(SAMPLERS)}")
         self.stages(spec)  # UserError on steps that do not fit
 
-    def to_world(self, points: np.ndarray, shift_scale: list[tuple[np.ndarray, float]]) -> np.ndarray:
-        """(B, N, 3) normalised samples -> world frame; shift_scale: per sample (shift (3,), scale)."""
-        out = np.empty_like(points, dtype=np.float64)
-        for i, (shift, scale) in enumerate(shift_scale):
-            out[i] = points[i].astype(np.float64) * scale + shift
-        return out
-
-    def _image_tensor(self, images: np.ndarray) -> torch.Tensor:
-        """(B, H, W, 4) uint8 views -> (B, 4, H, W) uint8 on the run's device (the encoder's input)."""
-        return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).to(self.device)
-
     @property
     def has_regressor(self) -> bool:
         """Whether the run's image encoder has a shape head (a coarse cloud regressed from the image)."""
         encoder = self.nets[0].encoder
         return encoder is not None and encoder.shape_head is not None
 
-    @torch.no_grad()
     def regress(self, images: np.ndarray) -> np.ndarray:
-        """(B, S, 3) normalised clouds of the encoder's shape head for images (B, H, W, 4) uint8:
-        the image-to-cloud regressor alone, no diffusion (one encoder call)."""
-        encoder = self.nets[0].encoder
-        vector, _ = encoder(self._image_tensor(images))
-        return encoder.predict_shape(vector).float().cpu().numpy()
+        """The run's shape head alone for views (B, H, W, 4) uint8 (see :func:`regress`)."""
+        return regress(self.nets[0].encoder, images, self.device)
 
     @torch.no_grad()
     def sample(self, spec: Spec, images: np.ndarray, categories: np.ndarray, seed: int) -> tuple[np.ndarray, int]:
         """(B, N, 3) normalised samples for images (B, H, W, 4) uint8 and (B,) category indices;
         and the denoiser calls made."""
         b = len(images)
-        x = self._image_tensor(images)
+        x = image_tensor(images, self.device)
         fields = {"category": torch.as_tensor(categories, dtype=torch.long, device=self.device)} \
             if "category" in self.cfg.condition else {}
         conds = [net.condition(images=x, **fields) if net.config.condition is not None else None for net in self.nets]
@@ -133,9 +130,30 @@ class PVDModel:
         return out.float().cpu().numpy(), sum(c.calls for c in counted)
 
 
-def shift_scales(model: PVDModel, data: Data, shapes: list[Shape]) -> list[tuple[np.ndarray, float]]:
-    """The run's normalisation for each shape: its global PointFlow statistics, or the shape's own."""
-    norm = model.normalization
+def image_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """(B, H, W, 4) uint8 views -> (B, 4, H, W) uint8 on ``device`` (an image encoder's input)."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).to(device)
+
+
+@torch.no_grad()
+def regress(encoder: torch.nn.Module, images: np.ndarray, device: torch.device) -> np.ndarray:
+    """(B, S, 3) normalised clouds of an encoder's shape head for views (B, H, W, 4) uint8: the
+    image-to-cloud regressor alone, no diffusion (one encoder call)."""
+    vector, _ = encoder(image_tensor(images, device))
+    return encoder.predict_shape(vector).float().cpu().numpy()
+
+
+def to_world(points: np.ndarray, shift_scale: list[tuple[np.ndarray, float]]) -> np.ndarray:
+    """(B, N, 3) normalised clouds -> world frame; shift_scale: per cloud (shift (3,), scale)."""
+    out = np.empty_like(points, dtype=np.float64)
+    for i, (shift, scale) in enumerate(shift_scale):
+        out[i] = points[i].astype(np.float64) * scale + shift
+    return out
+
+
+def shift_scales(norm: dict[str, Any], data: Data, shapes: list[Shape]) -> list[tuple[np.ndarray, float]]:
+    """A run's normalisation (its record's ``normalization``) for each shape: the global PointFlow
+    statistics, or the shape's own."""
     if norm["normalization"] == "pointflow":
         return [(np.asarray(norm["mean"], np.float64), float(norm["std"]))] * len(shapes)
     if norm["normalization"] == "none":
@@ -173,7 +191,7 @@ def sample_method(model: PVDModel, spec: Spec, data: Data, count: int, batch: in
             x, calls = model.sample(spec, np.stack([s.image for s in part]), np.array([s.category_index for s in part]),
                                     stable_seed(seed, k))
             seconds = time.perf_counter() - tic
-            world = model.to_world(x, shift_scales(model, data, part))
+            world = to_world(x, shift_scales(model.normalization, data, part))
             for s, cloud in zip(part, world):
                 save_npy(folder / f"{s.name}.npy", cloud)
             write_json(folder / f"chunk-{k:04d}.json", {"shapes": len(part), "seconds": seconds, "calls": calls,

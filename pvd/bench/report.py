@@ -77,17 +77,17 @@ def markdown(result: dict[str, Any]) -> str:
         add("")
     if q.get("ablation"):
         a = q["ablation"]
-        add("## Cascade vs single stage (ablation)")
+        add("## Ablation: the PVD run against a second run that differs in one thing")
         add("")
         add("| | " + " | ".join(metric_header(k) for k in ("cd", "emd", "f1", "f2", "iou", "thin_r2")) +
             " | s/shape (batch 1) | network evaluations | training |")
         add("|---|" + "---:|" * 9)
-        for m in ("pvd", "cascade"):
+        for m in ("pvd", "ablation"):
             c = cost.get("methods", {}).get(m, {})
-            add(f"| {METHOD_TITLES[m]} ({a['stages'][m]}) | " +
+            add(f"| {METHOD_TITLES[m]} ({a['runs'][m]}) | " +
                 " | ".join(fmt_ci(q["methods"][m]["mean"].get(k), k) for k in ("cd", "emd", "f1", "f2", "iou", "thin_r2")) +
                 f" | {num(c.get('seconds_per_shape_batch1'))} | {num(c.get('network_evaluations_per_shape'), 'g')} | "
-                f"{minutes(cost.get('training', {}).get(a['train_step'][m], {}).get('seconds'))} |")
+                f"{minutes(cost.get('training', {}).get(a['train_step'].get(m), {}).get('seconds'))} |")
         add("")
     if q.get("distribution"):
         add("## Distribution metrics against the same test shapes (K points, world frame)")

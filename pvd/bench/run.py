@@ -25,11 +25,12 @@ from pvd.bench.common import (BOOTSTRAP, METHOD_ORDER, file_identity, finite_mea
                               write_text)
 from pvd.bench.data import Data, Shape, load_data
 from pvd.bench.figures import figure_curve, figure_grid, figure_worst
-from pvd.bench.model import PVDModel, Spec, chunk_timing, measure_cost, sample_method, shift_scales
+from pvd.bench.model import PVDModel, Spec, chunk_timing, measure_cost, regress, sample_method, shift_scales, to_world
 from pvd.bench.report import conventions_record, csv_text, markdown
 from pvd.bench.scoring import Surface, mesh_surface, reduce_points, score_method, stored_surface
 from pvd.bench.training import training_log
 from pvd.errors import UserError
+from pvd.regressor import load_regressor
 from pvd.metrics.bootstrap import bootstrap_mean_ci
 from pvd.runtime import pick_device
 
@@ -69,30 +70,32 @@ def log_test_split_run(data: str, settings: dict[str, Any], command: str, out: P
         f.write(json.dumps(record) + "\n")
 
 
-def regressor_outputs(model: PVDModel, data: Data, batch: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """The PVD run's shape head alone (its coarse cloud, world frame) for the evaluated shapes, and its
-    cost: the bar any diffusion on top of it has to clear."""
+def regressor_outputs(regress: Callable[[np.ndarray], np.ndarray], normalization: dict[str, Any], data: Data,
+                      batch: int, points: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """A shape head alone (its coarse cloud, world frame) for the evaluated shapes, and its cost: the bar
+    any diffusion on top of it has to clear. regress: (B, H, W, 4) uint8 views -> (B, S, 3) normalised."""
     shapes = data.shapes[: data.num]
     clouds, tic = {}, time.perf_counter()
     for start in range(0, len(shapes), batch):
         part = shapes[start : start + batch]
-        world = model.to_world(model.regress(np.stack([s.image for s in part])), shift_scales(model, data, part))
+        world = to_world(regress(np.stack([s.image for s in part])), shift_scales(normalization, data, part))
         clouds.update({s.name: cloud for s, cloud in zip(part, world)})
     seconds = (time.perf_counter() - tic) / max(len(shapes), 1)
     return clouds, {"seconds_per_shape_batch1": seconds, "network_evaluations_per_shape": 1,
-                    "note": f"one encoder call per shape (timed at batch {batch}); "
-                            f"{model.cfg.shape_points} points, meshed like PVD's outputs"}
+                    "note": f"one encoder call per shape (timed at batch {batch}); {points} points, meshed like PVD's outputs"}
 
 
 def load_models(args: argparse.Namespace, device: torch.device) -> tuple[PVDModel, PVDModel | None]:
-    """The single-stage run (--pvd) and the cascade (--pvd-cascade, optional), each checked to be what it claims."""
+    """The PVD run (--pvd) and the ablation's second run (--pvd-ablation, optional), which must
+    answer the same task: the same categories and point count."""
     single = PVDModel(args.pvd, device, "pvd")
-    if single.is_cascade:
-        raise UserError(f"--pvd {args.pvd} is a cascade run; give it as --pvd-cascade and a single-stage run as --pvd")
-    cascade = PVDModel(args.pvd_cascade, device, "cascade") if args.pvd_cascade else None
-    if cascade is not None and not cascade.is_cascade:
-        raise UserError(f"--pvd-cascade {args.pvd_cascade} is a single-stage run")
-    return single, cascade
+    ablation = PVDModel(args.pvd_ablation, device, "ablation") if args.pvd_ablation else None
+    if ablation is not None and sorted(ablation.trained_categories) != sorted(single.trained_categories):
+        raise UserError("--pvd and --pvd-ablation were trained on different categories")
+    if ablation is not None and ablation.num_points != single.num_points:
+        raise UserError(f"--pvd generates {single.num_points} points, --pvd-ablation {ablation.num_points}: "
+                        "the ablation compares runs at one point count")
+    return single, ablation
 
 
 def chosen_spec(args: argparse.Namespace, single: PVDModel) -> Spec:
@@ -113,7 +116,7 @@ def surface_function(method: str, args: argparse.Namespace, data: Data, k: int, 
     """surfaces(shape, pred) for score_method: the surface that ``method`` answers ``shape`` with."""
     def surfaces(shape: Shape, pred: np.ndarray | None) -> Surface | None:
         seed = stable_seed(args.seed, method, shape.row, "mesh")
-        if method in ("retrieval", "oracle"):
+        if method in ("retrieval", "retrieval-alone", "oracle"):
             return stored_surface(args.data, chosen[method][shape.name], data.info.num_train_points, data.has_normals)
         if method == "truth-resample":
             return stored_surface(args.data, shape.row, 0, data.has_normals)
@@ -148,17 +151,16 @@ def run_curves(single: PVDModel, curve_specs: dict[str, list[Spec]], data: Data,
     return curves, timing
 
 
-def quality_record(records: dict[str, dict[str, dict[str, Any]]], single: PVDModel, cascade: PVDModel | None,
+def quality_record(records: dict[str, dict[str, dict[str, Any]]], single: PVDModel, ablation: PVDModel | None,
                    sds: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Summaries, per-category means, paired differences, the ablation, worst shapes and SDS flags."""
     quality: dict[str, Any] = {"methods": {m: summarize(r) for m, r in records.items()},
                                "per_category": {m: per_category(r) for m, r in records.items()},
                                "differences": differences(records, "pvd")}
-    if "cascade" in records:
-        quality["differences"] += [d for d in differences(records, "cascade") if d["b"] in ("retrieval", "sds")]
-        quality["ablation"] = {"stages": {"pvd": " -> ".join(map(str, single.describe()["stages"])),
-                                          "cascade": " -> ".join(map(str, cascade.describe()["stages"]))},
-                               "train_step": {"pvd": "single", "cascade": "cascade"}}
+    if "ablation" in records:
+        quality["differences"] += [d for d in differences(records, "ablation") if d["b"] in ("retrieval", "sds")]
+        quality["ablation"] = {"runs": {"pvd": single.summary(), "ablation": ablation.summary()},
+                               "train_step": {"pvd": "pvd"}}
     quality["worst"] = {m: [n for n, _ in sorted(r.items(), key=lambda item: -item[1]["cd"])[:5]] for m, r in records.items()}
     if sds:
         quality["sds_flags"] = {f: int(sum(bool(v["record"].get(f)) for v in sds.values()))
@@ -176,12 +178,10 @@ def run_benchmark(args: argparse.Namespace, argv: list[str]) -> int:
     device = pick_device(args.device)
     out = Path(args.out)
 
-    single, cascade = load_models(args, device)
+    single, ablation = load_models(args, device)
     k = args.points or single.num_points
     view = args.view if args.view is not None else single.cfg.data.eval_view
     data = load_data(args.data, args.split, view, single.trained_categories, args.num, k)
-    if cascade is not None and sorted(cascade.trained_categories) != sorted(single.trained_categories):
-        raise UserError("--pvd and --pvd-cascade were trained on different categories")
     spec = chosen_spec(args, single)
     single.check_spec(spec)
     curve_specs = {"steps": [Spec(n, s, spec.guidance) for n, s in args.steps_curve_settings],
@@ -201,7 +201,7 @@ def run_benchmark(args: argparse.Namespace, argv: list[str]) -> int:
 
         load_prior(args.sds)  # one-line error now rather than after the PVD sampling
 
-    settings = {"data": file_identity(args.data), "pvd": single.describe(), "cascade": cascade.describe() if cascade else None,
+    settings = {"data": file_identity(args.data), "pvd": single.describe(), "ablation": ablation.describe() if ablation else None,
                 "sds": str(Path(args.sds).resolve()) if args.sds else None, "sds_set": args.sds_set, "split": args.split,
                 "view": view, "points": k, "seed": args.seed, "batch": args.batch, "sampler": dataclasses.asdict(spec),
                 "retrieval_metric": args.retrieval_metric, "pfid": str(Path(pfid_path).resolve()) if pfid_path else None}
@@ -216,9 +216,9 @@ def run_benchmark(args: argparse.Namespace, argv: list[str]) -> int:
     outputs: dict[str, dict[str, Any]] = {}
     outputs["pvd"] = sample_method(single, spec, data, data.num, args.batch, args.seed,
                                    out / "samples" / f"pvd@{spec.label}", "pvd")
-    if cascade is not None:
-        outputs["cascade"] = sample_method(cascade, spec, data, data.num, args.batch, args.seed,
-                                           out / "samples" / f"cascade@{spec.label}", "cascade")
+    if ablation is not None:
+        outputs["ablation"] = sample_method(ablation, spec, data, data.num, args.batch, args.seed,
+                                            out / "samples" / f"ablation@{spec.label}", "ablation")
     sds = {}
     if args.sds and args.sds_num > 0:
         sds = run_sds(args, data, device, out / "sds")
@@ -226,11 +226,24 @@ def run_benchmark(args: argparse.Namespace, argv: list[str]) -> int:
 
     regressor_cost = None
     if single.has_regressor:
-        outputs["regressor"], regressor_cost = regressor_outputs(single, data, args.batch)
+        outputs["regressor"], regressor_cost = regressor_outputs(single.regress, single.normalization, data, args.batch,
+                                                                 single.cfg.shape_points)
 
-    baselines = retrieval_baselines(single, data, args, k, out / "cache", device)
+    baselines = retrieval_baselines(single.nets[0].encoder, single.trained_categories, data, args, k, out / "cache",
+                                    device)
     outputs.update(baselines["outputs"])
     chosen = baselines["chosen"]
+    alone_cost = {}
+    if args.regressor:
+        encoder, record = load_regressor(args.regressor, device)
+        alone = retrieval_baselines(encoder, record["categories"], data, args, k, out / "cache", device,
+                                    name="retrieval-alone", with_oracle=False, bank_file="embeddings-train-alone.npz")
+        outputs.update(alone["outputs"])
+        chosen.update(alone["chosen"])
+        outputs["regressor-alone"], alone_cost["regressor-alone"] = regressor_outputs(
+            lambda images: regress(encoder, images, device), record["normalization"], data, args.batch,
+            record["regressor"]["shape_points"])
+        alone_cost["retrieval-alone"] = alone["cost"]
     outputs["truth-resample"] = {s.name: s.resample for s in data.shapes[: data.num]}
 
     # --- per-shape metrics ---
@@ -246,7 +259,7 @@ def run_benchmark(args: argparse.Namespace, argv: list[str]) -> int:
     curves, curve_cost = run_curves(single, curve_specs, data, curve_num, k, args, out)
 
     # --- aggregates ---
-    quality = quality_record(records, single, cascade, sds)
+    quality = quality_record(records, single, ablation, sds)
     quality["chosen"] = chosen
     quality["curves"] = curves
     if args.distribution_metrics or classifier is not None:
@@ -256,8 +269,8 @@ def run_benchmark(args: argparse.Namespace, argv: list[str]) -> int:
     # --- cost ---
     cost: dict[str, Any] = {"methods": {}, "curves": curve_cost}
     cost["methods"]["pvd"] = measure_cost(single, spec, data, args.latency_shapes, args.batches)
-    if cascade is not None:
-        cost["methods"]["cascade"] = measure_cost(cascade, spec, data, args.latency_shapes, args.batches)
+    if ablation is not None:
+        cost["methods"]["ablation"] = measure_cost(ablation, spec, data, args.latency_shapes, args.batches)
     if sds:
         cost["methods"]["sds"] = sds_cost(sds)
         cost["latency_ratio_sds_over_pvd"] = (cost["methods"]["sds"]["seconds_per_shape_batch1"] /
@@ -265,10 +278,11 @@ def run_benchmark(args: argparse.Namespace, argv: list[str]) -> int:
     if regressor_cost is not None:
         cost["methods"]["regressor"] = regressor_cost
     cost["methods"]["retrieval"] = baselines["cost"]
+    cost["methods"].update(alone_cost)
     cost["memory_note"] = ("CPU: the resident set of the process at its peak (it includes the loaded models and "
                            "data, an upper bound on what the method needs); CUDA: the allocator's peak. SDS runs in "
                            "its own process.")
-    cost["training"] = training_log([args.pvd, args.pvd_cascade, args.sds])
+    cost["training"] = training_log([args.pvd, args.pvd_ablation, args.sds])
     cost["wall_seconds"] = time.perf_counter() - wall
 
     result = {

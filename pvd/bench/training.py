@@ -24,10 +24,6 @@ from pvd import checkpoint
 from pvd.bench.common import ROOT, machine, minutes, subprocess_env, write_json, write_text
 from pvd.errors import UserError
 
-# The cascade step's overrides: the quickstart model as a 128 -> 512 point cascade (CPU-sized).
-CASCADE_CPU = ['diffusion.cascade=default', 'diffusion.cascade.stages=[{"num_points":128},{"num_points":512}]']
-
-
 def pfid_options(items: list[str]) -> list[str]:
     """['epochs=1', 'widths=8,16'] -> ['--epochs', '1', '--widths', '8', '16'] for ``python -m pvd.pfid train``."""
     out = []
@@ -62,10 +58,10 @@ def train_steps(args: argparse.Namespace) -> list[TrainStep]:
     py = sys.executable
     dev = [f"device={args.device}"]
     return [
-        TrainStep("single", [py, str(ROOT / "train.py"), "quickstart", f"data.path={args.data}",
-                             f"run_dir={out / 'single'}", *dev, *args.pvd_set], out / "single", True),
-        TrainStep("cascade", [py, str(ROOT / "train.py"), "quickstart", f"data.path={args.data}",
-                              f"run_dir={out / 'cascade'}", *CASCADE_CPU, *dev, *args.cascade_set], out / "cascade", True),
+        TrainStep("pvd", [py, str(ROOT / "train.py"), "image-2048", f"data.path={args.data}",
+                          f"run_dir={out / 'pvd'}", *dev, *args.pvd_set], out / "pvd", True),
+        TrainStep("regressor", [py, "-m", "pvd.regressor", f"data.path={args.data}", f"run_dir={out / 'regressor'}",
+                                *args.regressor_set], out / "regressor", False),
         TrainStep("sds", [py, "-m", "pvd.sds.train_prior", f"data={args.data}", f"run_dir={out / 'sds-prior'}",
                           *args.prior_set], out / "sds-prior", True),
         TrainStep("pfid", [py, "-m", "pvd.pfid", "train", "--data", args.data, "--out", str(out / "pfid"),
@@ -119,7 +115,7 @@ def train(args: argparse.Namespace) -> int:
                                                            if len(attempts) > 1 else ""), flush=True)
     print(f"trained in {(time.perf_counter() - total) / 60:.1f} min this run; all steps: "
           f"{sum(v['seconds'] for v in log.values()) / 60:.1f} min. Next:\n"
-          f"python bench.py --data {args.data} --pvd {out / 'single'} --pvd-cascade {out / 'cascade'} "
+          f"python bench.py --data {args.data} --pvd {out / 'pvd'} --regressor {out / 'regressor'} "
           f"--sds {out / 'sds-prior'} --pfid {out / 'pfid'} --num 50 --sds-num 20 --out outputs/bench")
     return 0
 
