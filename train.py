@@ -40,7 +40,7 @@ from tqdm import tqdm
 import pvd
 from pvd import checkpoint
 from pvd.config import PRESETS, TrainConfig, apply_overrides, check, from_dict, network_config, to_dict, train_preset
-from pvd.data.hdf5 import ShapeDataset
+from pvd.data.dataset import ShapeDataset
 from pvd.data.render import image_grid, render_points, save_png
 from pvd.diffusion import build
 from pvd.diffusion.cascade import sample_stages, stage_batch

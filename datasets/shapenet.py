@@ -6,7 +6,8 @@ Examples (from the repository root):
     python datasets/shapenet.py core data/ShapeNetCore.v2 --out data/core.h5 --views 24
     python datasets/shapenet.py folder my_shapes --out data/mine.h5
 
-The logic lives in pvd/data/shapenet.py; see its docstring for the layouts read.
+The logic lives in pvd/data/shapenet/; each reader's module (pc15k.py, core.py, folder.py) describes
+the layout it reads.
 """
 
 from __future__ import annotations
@@ -17,7 +18,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from pvd.data import shapenet  # noqa: E402
+from pvd.data.shapenet.categories import parse_split_ratios  # noqa: E402
+from pvd.data.shapenet.core import MeshOptions, plan_core  # noqa: E402
+from pvd.data.shapenet.folder import plan_folder  # noqa: E402
+from pvd.data.shapenet.pc15k import plan_pc15k  # noqa: E402
+from pvd.data.shapenet.runner import default_workers, run_plan  # noqa: E402
 from pvd.errors import run_command  # noqa: E402
 
 
@@ -48,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--out", required=True, help="output HDF5 file (written as <out>.partial, renamed when complete)")
     common.add_argument("--strict", action="store_true", help="any skipped shape is fatal: exit non-zero, write nothing")
-    common.add_argument("--workers", type=_positive, default=shapenet.default_workers(), help="worker processes (default: %(default)s)")
+    common.add_argument("--workers", type=_positive, default=default_workers(), help="worker processes (default: %(default)s)")
     common.add_argument("--limit", type=_positive, default=None, help="at most N shapes per category, for quick tries")
     common.add_argument("--categories", default=None, help="comma-separated category names or synset ids (folder: subfolder names); default all")
 
@@ -76,21 +81,21 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "pc15k":
-        plan = shapenet.plan_pc15k(args.root, args.r2n2, args.categories, args.limit)
+        plan = plan_pc15k(args.root, args.r2n2, args.categories, args.limit)
     else:
-        options = shapenet.MeshOptions(
+        options = MeshOptions(
             num_points=args.points,
             num_views=args.views,
             image_size=args.image_size,
             meshes=not args.no_meshes,
             supersample=args.supersample,
-            split_ratios=shapenet.parse_split_ratios(args.split_ratios),
+            split_ratios=parse_split_ratios(args.split_ratios),
         )
         if args.command == "core":
-            plan = shapenet.plan_core(args.root, options, args.categories, args.limit)
+            plan = plan_core(args.root, options, args.categories, args.limit)
         else:
-            plan = shapenet.plan_folder(args.root, options, args.keep_scale, args.categories, args.limit)
-    summary = shapenet.run_plan(plan, args.out, workers=args.workers, strict=args.strict)
+            plan = plan_folder(args.root, options, args.keep_scale, args.categories, args.limit)
+    summary = run_plan(plan, args.out, workers=args.workers, strict=args.strict)
     print(summary)
     return 0
 

@@ -12,7 +12,8 @@ import argparse
 import os
 import time
 
-from pvd.data.synthetic import CATEGORIES, SyntheticConfig, write_synthetic_dataset
+from pvd.data.synthetic.categories import CATEGORIES
+from pvd.data.synthetic.writer import SyntheticConfig, write_synthetic_dataset
 from pvd.errors import run_command
 
 

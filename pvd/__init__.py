@@ -6,7 +6,7 @@ point-voxel denoiser), ``pvd.metrics``, ``pvd.pfid`` and ``pvd.evaluate``. The n
 scripts need are re-exported here.
 """
 
-from pvd.data.hdf5 import DatasetConfig, ShapeDataset
+from pvd.data.dataset import DatasetConfig, ShapeDataset
 from pvd.diffusion import CascadeConfig, DiffusionConfig, GaussianDiffusion, build, make_betas
 from pvd.metrics import chamfer_distance, distribution_metrics, emd, f_score
 from pvd.nn import Condition, PVDUNet, preset

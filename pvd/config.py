@@ -16,7 +16,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from pvd.data.hdf5 import DatasetConfig
+from pvd.data.dataset import DatasetConfig
 from pvd.diffusion import DiffusionConfig, HierarchyConfig
 from pvd.errors import UserError
 from pvd.nn.embeddings import ConditionConfig

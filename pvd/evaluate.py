@@ -43,7 +43,8 @@ import numpy as np
 from tqdm import tqdm
 
 import pvd
-from pvd.data.hdf5 import DatasetConfig, ShapeDataset, open_dataset_file, pointflow_stats
+from pvd.data.dataset import DatasetConfig, ShapeDataset, pointflow_stats
+from pvd.data.hdf5 import open_dataset_file
 from pvd.errors import UserError, run_command
 from pvd.io import atomic_path
 from pvd.metrics._common import default_workers

@@ -32,7 +32,7 @@ import torch
 from scipy import linalg
 from torch import nn
 
-from pvd.data.hdf5 import DatasetConfig, ShapeDataset
+from pvd.data.dataset import DatasetConfig, ShapeDataset
 from pvd.errors import UserError, raise_if_interrupted, run_command
 
 FORMAT = "pvd-pfid-classifier"

@@ -18,7 +18,7 @@ def one_thread():
 def pipeline_data(tmp_path_factory):
     """A small built-in dataset for train.py / sample.py tests: 6 shapes per category (4 train,
     1 val, 1 test), 2 views at 16x16, 400 points (266 for training, 134 held out)."""
-    from pvd.data.synthetic import SyntheticConfig, write_synthetic_dataset
+    from pvd.data.synthetic.writer import SyntheticConfig, write_synthetic_dataset
     path = tmp_path_factory.mktemp("pipeline") / "d.h5"
     write_synthetic_dataset(path, SyntheticConfig(per_category=6, views=2, resolution=16, num_points=400, supersample=1,
                                                   categories=("chair", "car")), progress=False)

@@ -12,7 +12,7 @@ import trimesh
 
 import pvd.metrics as metrics
 from pvd import evaluate
-from pvd.data.synthetic import SyntheticConfig, write_synthetic_dataset
+from pvd.data.synthetic.writer import SyntheticConfig, write_synthetic_dataset
 from in_process import run_main  # tests/in_process.py
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,16 +5,8 @@ import pytest
 import torch
 
 from pvd.data.cameras import orbit_cameras
-from pvd.data.hdf5 import (
-    DatasetConfig,
-    ShapeDataset,
-    ShapeRecord,
-    ShapeWriter,
-    WriterLayout,
-    add_embeddings,
-    open_dataset_file,
-    read_mesh,
-)
+from pvd.data.dataset import DatasetConfig, ShapeDataset
+from pvd.data.hdf5 import ShapeRecord, ShapeWriter, WriterLayout, add_embeddings, open_dataset_file, read_mesh
 from pvd.errors import UserError
 
 P, V, H, W = 300, 3, 8, 10

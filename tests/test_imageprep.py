@@ -16,7 +16,7 @@ from PIL import Image
 
 from pvd.data.cameras import orbit_cameras, r2n2_like_views
 from pvd.data.render import render_views
-from pvd.data.synthetic import CATEGORIES, generate_shape
+from pvd.data.synthetic.categories import CATEGORIES, generate_shape
 from pvd.errors import UserError
 from pvd.imageprep import load_photo, object_mask, prepare_photo, prepare_view, view_fill
 

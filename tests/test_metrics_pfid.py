@@ -8,8 +8,8 @@ import torch
 from scipy import linalg
 
 from pvd import pfid
-from pvd.data.hdf5 import DatasetConfig, ShapeDataset
-from pvd.data.synthetic import SyntheticConfig, write_synthetic_dataset
+from pvd.data.dataset import DatasetConfig, ShapeDataset
+from pvd.data.synthetic.writer import SyntheticConfig, write_synthetic_dataset
 from pvd.errors import UserError
 
 TINY = pfid.ClassifierConfig(widths=(16, 32), feature_dim=32, num_points=256, epochs=12, batch_size=10, lr=3e-3)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import pvd.metrics as metrics
-from pvd.data.synthetic import generate_shape
+from pvd.data.synthetic.categories import generate_shape
 from pvd.metrics.volume import cube_bounds, sample_mesh_surface
 
 # a closed box mesh [0, 1]^3 wound outward (12 triangles; each face split along a diagonal)

@@ -17,7 +17,7 @@ from PIL import Image
 import sample
 import train
 from pvd import evaluate
-from pvd.data.hdf5 import DatasetConfig, ShapeDataset
+from pvd.data.dataset import DatasetConfig, ShapeDataset
 from pvd.errors import UserError
 from pvd.io import save_points
 from pvd.preview import LABEL_HEIGHT, PANEL

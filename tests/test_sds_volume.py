@@ -260,7 +260,7 @@ def test_gradients_match_finite_differences():
 @pytest.fixture(scope="module")
 def tiny_dataset(tmp_path_factory):
     """Three built-in shapes (chair, car, table), two 64x64 views each, with meshes."""
-    from pvd.data.synthetic import SyntheticConfig, write_synthetic_dataset
+    from pvd.data.synthetic.writer import SyntheticConfig, write_synthetic_dataset
 
     path = tmp_path_factory.mktemp("sds") / "tiny.h5"
     write_synthetic_dataset(path, SyntheticConfig(per_category=1, views=2, resolution=64, num_points=3000, supersample=2,

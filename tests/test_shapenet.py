@@ -20,10 +20,16 @@ import pytest
 import trimesh
 from PIL import Image
 
-from pvd.data import shapenet
 from pvd.data.cameras import orbit_cameras, project, r2n2_cameras, r2n2_extrinsics, r2n2_like_views
-from pvd.data.hdf5 import DatasetConfig, ShapeDataset, ShapeRecord, WriterLayout, open_dataset_file, read_mesh
+from pvd.data.dataset import DatasetConfig, ShapeDataset
+from pvd.data.hdf5 import ShapeRecord, WriterLayout, open_dataset_file, read_mesh
 from pvd.data.render import render_views
+from pvd.data.shapenet.categories import SYNSET_NAMES, category_name, hash_split, parse_split_ratios
+from pvd.data.shapenet.core import MeshOptions, plan_core
+from pvd.data.shapenet.folder import plan_folder
+from pvd.data.shapenet.pc15k import plan_pc15k
+from pvd.data.shapenet.runner import run_plan, write_records
+from pvd.data.shapenet.tasks import Skip
 from pvd.errors import UserError
 from in_process import run_main  # tests/in_process.py
 
@@ -96,7 +102,7 @@ def r2n2_tree(tmp_path_factory):
 def pc15k_file(r2n2_tree, tmp_path_factory):
     pc15k, r2n2, _ = r2n2_tree
     out = tmp_path_factory.mktemp("out") / "pc15k.h5"
-    summary = shapenet.run_plan(shapenet.plan_pc15k(pc15k, r2n2), out, workers=1, progress=False)
+    summary = run_plan(plan_pc15k(pc15k, r2n2), out, workers=1, progress=False)
     return out, summary
 
 
@@ -167,19 +173,19 @@ def test_r2n2_cameras_end_to_end(pc15k_file):
 
 def test_pc15k_categories_limit_and_no_r2n2(r2n2_tree, tmp_path):
     pc15k, r2n2, models = r2n2_tree
-    plan = shapenet.plan_pc15k(pc15k, categories="chair", limit=3)
-    summary = shapenet.run_plan(plan, tmp_path / "a.h5", workers=1, progress=False)
+    plan = plan_pc15k(pc15k, categories="chair", limit=3)
+    summary = run_plan(plan, tmp_path / "a.h5", workers=1, progress=False)
     assert summary.read == 3 and summary.per_category == Counter(chair=3)
     with open_dataset_file(tmp_path / "a.h5") as f:
         assert "images" not in f and f.attrs["num_views"] == 0
         assert sorted(m.decode() for m in f["model_id"][:]) == sorted(m for m, v in models.items() if v[0] == SYNSETS[1])[:3]
-    assert [t.category for t in shapenet.plan_pc15k(pc15k, categories=["02691156"]).tasks] == ["airplane"] * MODELS_PER_SYNSET
+    assert [t.category for t in plan_pc15k(pc15k, categories=["02691156"]).tasks] == ["airplane"] * MODELS_PER_SYNSET
     with pytest.raises(UserError, match="unknown category"):
-        shapenet.plan_pc15k(pc15k, categories="spaceship")
+        plan_pc15k(pc15k, categories="spaceship")
     with pytest.raises(UserError, match="no folder"):
-        shapenet.plan_pc15k(pc15k, categories="vessel")  # known alias, not in this tree
-    assert shapenet.category_name("04530566") == "watercraft" and shapenet.category_name("99999999") == "99999999"
-    assert len(set(shapenet.SYNSET_NAMES.values())) == len(shapenet.SYNSET_NAMES) == 55
+        plan_pc15k(pc15k, categories="vessel")  # known alias, not in this tree
+    assert category_name("04530566") == "watercraft" and category_name("99999999") == "99999999"
+    assert len(set(SYNSET_NAMES.values())) == len(SYNSET_NAMES) == 55
 
 
 def _corrupt_tree(r2n2_tree, root: Path) -> dict[str, str]:
@@ -254,16 +260,16 @@ def test_missing_root_and_wrong_layout_are_one_line_errors(r2n2_tree, core_tree,
         assert not out.exists() and not Path(f"{out}.partial").exists()
     # the planners' own checks
     with pytest.raises(UserError, match="its subfolder 'ShapeNetCore.v2.PC15k'"):
-        shapenet.plan_pc15k(pc15k.parent)
+        plan_pc15k(pc15k.parent)
     with pytest.raises(UserError, match="pass it to pc15k with --r2n2"):
-        shapenet.plan_pc15k(r2n2)
+        plan_pc15k(r2n2)
     with pytest.raises(UserError, match="3D-R2N2"):
-        shapenet.plan_pc15k(pc15k, r2n2_root=pc15k)
+        plan_pc15k(pc15k, r2n2_root=pc15k)
     with pytest.raises(UserError, match="is not a folder"):
-        shapenet.plan_core(next(pc15k.rglob("*.npy")))
+        plan_core(next(pc15k.rglob("*.npy")))
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="one subfolder per category"):
-        shapenet.plan_folder(tmp_path / "empty")
+        plan_folder(tmp_path / "empty")
 
 
 # --- ShapeNetCore.v2 ------------------------------------------------------------------------
@@ -320,8 +326,8 @@ CORE_BROKEN = {"badtext": "empty mesh", "onlyverts": "empty mesh", "flat": "empt
 
 def test_core_messy_objs(core_tree, tmp_path):
     out = tmp_path / "core.h5"
-    options = shapenet.MeshOptions(num_points=2048, num_views=4, image_size=64)
-    summary = shapenet.run_plan(shapenet.plan_core(core_tree, options), out, workers=1, progress=False)
+    options = MeshOptions(num_points=2048, num_views=4, image_size=64)
+    summary = run_plan(plan_core(core_tree, options), out, workers=1, progress=False)
     assert summary.read == 6
     assert Counter(s.reason for s in summary.skipped) == Counter(CORE_BROKEN.values())
     text = str(summary)
@@ -332,7 +338,7 @@ def test_core_messy_objs(core_tree, tmp_path):
         ids = [m.decode() for m in f["model_id"][:]]
         assert ids == sorted(ids) and len(ids) == 6
         for row, mid in enumerate(ids):
-            assert ("train", "val", "test")[f["split"][row]] == shapenet.hash_split(mid)
+            assert ("train", "val", "test")[f["split"][row]] == hash_split(mid)
             vertices, faces = read_mesh(f, row)
             assert faces.shape == (CLEAN_FACES, 3) and vertices.shape == (CLEAN_VERTICES, 3)
             mesh = trimesh.Trimesh(vertices, faces, process=False)
@@ -354,8 +360,8 @@ def test_core_messy_objs(core_tree, tmp_path):
     result = run_cli("core", core_tree, "--out", out2, "--points", 2048, "--views", 4, "--image-size", 64, "--workers", 2)
     assert result.returncode == 0, result.stderr
     assert_same_datasets(out, out2)
-    plan = shapenet.plan_core(core_tree, shapenet.MeshOptions(num_points=64, num_views=0, meshes=False), categories="airplane", limit=2)
-    shapenet.run_plan(plan, tmp_path / "small.h5", workers=1, progress=False)
+    plan = plan_core(core_tree, MeshOptions(num_points=64, num_views=0, meshes=False), categories="airplane", limit=2)
+    run_plan(plan, tmp_path / "small.h5", workers=1, progress=False)
     with open_dataset_file(tmp_path / "small.h5") as f:
         assert "mesh" not in f and "images" not in f and f.attrs["num_shapes"] == 2
 
@@ -405,8 +411,8 @@ def test_folder_meshes_normalised_and_rendered(tmp_path):
     rock.export(root / "rocks" / "d.off")
     rock.export(root / "rocks" / "big" / "e.glb")
     mug.export(root / "loose.obj")  # not in a category folder
-    options = shapenet.MeshOptions(num_points=1024, num_views=2, image_size=32)
-    summary = shapenet.run_plan(shapenet.plan_folder(root, options), tmp_path / "f.h5", workers=1, progress=False)
+    options = MeshOptions(num_points=1024, num_views=2, image_size=32)
+    summary = run_plan(plan_folder(root, options), tmp_path / "f.h5", workers=1, progress=False)
     assert summary.read == 5 and [s.reason for s in summary.skipped] == ["not in a category folder"]
     with open_dataset_file(tmp_path / "f.h5") as f:
         assert list(f.attrs["category_names"]) == ["mugs", "rocks"]
@@ -418,10 +424,10 @@ def test_folder_meshes_normalised_and_rendered(tmp_path):
             np.testing.assert_allclose(np.linalg.norm(hi - lo), 1, rtol=1e-5)
             assert (f["images"][row][..., 3] > 0).any()
     with pytest.raises(UserError, match="strict"):
-        shapenet.run_plan(shapenet.plan_folder(root, options), tmp_path / "s.h5", strict=True, progress=False)
+        run_plan(plan_folder(root, options), tmp_path / "s.h5", strict=True, progress=False)
     assert not (tmp_path / "s.h5").exists()
-    options = shapenet.MeshOptions(num_points=1024, num_views=0)
-    shapenet.run_plan(shapenet.plan_folder(root, options, keep_scale=True, categories="mugs"), tmp_path / "k.h5", workers=1, progress=False)
+    options = MeshOptions(num_points=1024, num_views=0)
+    run_plan(plan_folder(root, options, keep_scale=True, categories="mugs"), tmp_path / "k.h5", workers=1, progress=False)
     with open_dataset_file(tmp_path / "k.h5") as f:
         vertices, _ = read_mesh(f, 0)
         np.testing.assert_allclose(vertices.max(0), mug.vertices.max(0), rtol=1e-5)
@@ -438,7 +444,7 @@ def test_folder_point_clouds(tmp_path):
     trimesh.PointCloud(rng.uniform(-1, 1, (2000, 3))).export(root / "blobs" / "cloud.ply")
     np.save(root / "blobs" / "broken.npy", rng.normal(size=(10, 4)))
     trimesh.creation.box().export(root / "boxes" / "box.obj")
-    summary = shapenet.run_plan(shapenet.plan_folder(root, shapenet.MeshOptions(num_points=1000)), tmp_path / "p.h5", workers=1, progress=False)
+    summary = run_plan(plan_folder(root, MeshOptions(num_points=1000)), tmp_path / "p.h5", workers=1, progress=False)
     text = str(summary)
     assert summary.read == 4 and summary.upsampled == 1 and "upsampled 1" in text
     assert "no images" in text and "broken.npy: wrong shape" in text
@@ -457,14 +463,14 @@ def test_folder_point_clouds(tmp_path):
 
 def test_hash_split_and_ratios():
     ids = [f"{i:08x}feedbeef" for i in range(3000)]
-    counts = Counter(shapenet.hash_split(m) for m in ids)
+    counts = Counter(hash_split(m) for m in ids)
     assert abs(counts["train"] / 3000 - 0.7) < 0.04 and abs(counts["val"] / 3000 - 0.1) < 0.03
-    assert [shapenet.hash_split(m) for m in ids[:50]] == [shapenet.hash_split(m) for m in ids[:50]]
-    assert shapenet.parse_split_ratios("70,10,20") == pytest.approx((0.7, 0.1, 0.2))
-    assert {shapenet.hash_split(m, shapenet.parse_split_ratios("0,0,1")) for m in ids[:100]} == {"test"}
+    assert [hash_split(m) for m in ids[:50]] == [hash_split(m) for m in ids[:50]]
+    assert parse_split_ratios("70,10,20") == pytest.approx((0.7, 0.1, 0.2))
+    assert {hash_split(m, parse_split_ratios("0,0,1")) for m in ids[:100]} == {"test"}
     for bad in ("70,30", "a,b,c", "-1,1,1", "0,0,0"):
         with pytest.raises(UserError):
-            shapenet.parse_split_ratios(bad)
+            parse_split_ratios(bad)
 
 
 # --- interrupted conversions ----------------------------------------------------------------
@@ -480,16 +486,16 @@ def test_records_iterator_raising_midway_leaves_nothing(tmp_path):
 
     out = tmp_path / "x.h5"
     with pytest.raises(RuntimeError, match="disk on fire"):
-        shapenet.write_records(out, layout, records())
+        write_records(out, layout, records())
     assert not out.exists() and not Path(f"{out}.partial").exists()
     with pytest.raises(UserError, match="no shapes could be read"):
-        shapenet.write_records(out, layout, [shapenet.Skip("a.npy", "wrong shape")])
+        write_records(out, layout, [Skip("a.npy", "wrong shape")])
     assert not out.exists() and not Path(f"{out}.partial").exists()
     good = ShapeRecord(model_id="m", category="chair", split="train", points=np.zeros((100, 3), np.float32))
     with pytest.raises(UserError, match="--strict: b.npy: unreadable file"):
-        shapenet.write_records(out, layout, [good, shapenet.Skip("b.npy", "unreadable file")], strict=True)
+        write_records(out, layout, [good, Skip("b.npy", "unreadable file")], strict=True)
     assert not out.exists() and not Path(f"{out}.partial").exists()
-    assert shapenet.write_records(out, layout, [good, shapenet.Skip("b.npy", "unreadable file")]).read == 1
+    assert write_records(out, layout, [good, Skip("b.npy", "unreadable file")]).read == 1
     with open_dataset_file(out) as f:
         assert f.attrs["num_shapes"] == 1 and f.attrs["skip_reasons"] == '{"unreadable file": 1}'
 

@@ -9,8 +9,10 @@ import pytest
 import trimesh
 
 from pvd.data.cameras import R2N2_DISTANCE_SCALE, project, r2n2_cameras
-from pvd.data.hdf5 import DatasetConfig, ShapeDataset, open_dataset_file, read_mesh
-from pvd.data.synthetic import CATEGORIES, SyntheticConfig, make_record, write_synthetic_dataset
+from pvd.data.dataset import DatasetConfig, ShapeDataset
+from pvd.data.hdf5 import open_dataset_file, read_mesh
+from pvd.data.synthetic.categories import CATEGORIES
+from pvd.data.synthetic.writer import SyntheticConfig, make_record, write_synthetic_dataset
 from pvd.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,7 +147,7 @@ def test_command_rejects_bad_options(tmp_path):
 def test_splits_cover_val_and_test():
     from collections import Counter
 
-    from pvd.data.synthetic import _split_of
+    from pvd.data.synthetic.writer import _split_of
 
     assert Counter(_split_of(i, 200, (0.8, 0.1, 0.1)) for i in range(200)) == {"train": 160, "val": 20, "test": 20}
     assert Counter(_split_of(i, 3, (0.8, 0.1, 0.1)) for i in range(3)) == {"train": 1, "val": 1, "test": 1}

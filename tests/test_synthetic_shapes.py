@@ -15,18 +15,8 @@ import numpy as np
 import pytest
 import trimesh
 
-from pvd.data.synthetic import (
-    CATEGORIES,
-    PARAM_CHOICES,
-    PARAM_RANGES,
-    PART_NAMES,
-    THIN_PARTS,
-    ConvexPart,
-    SyntheticShape,
-    build_shape,
-    generate_shape,
-    sample_params,
-)
+from pvd.data.synthetic.categories import CATEGORIES, PARAM_CHOICES, PARAM_RANGES, build_shape, generate_shape, sample_params
+from pvd.data.synthetic.parts import PART_NAMES, THIN_PARTS, ConvexPart, SyntheticShape
 
 SEEDS = (0, 1, 2)
 NUM_POINTS = 15000

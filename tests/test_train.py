@@ -17,7 +17,7 @@ import torch
 import train
 from pvd import checkpoint
 from pvd.config import apply_overrides, network_config, train_preset
-from pvd.data.hdf5 import ShapeDataset
+from pvd.data.dataset import ShapeDataset
 from pvd.diffusion import build
 from pvd.errors import UserError
 from pvd.nn import PVDUNet
@@ -223,7 +223,7 @@ def test_cascade_trains_both_stages_and_samples(data, tmp_path):
     assert "loss_stage0_q0" in stats[-1] and "loss_stage1_q0" in stats[-1]
     image = tmp_path / "view.png"
     from PIL import Image
-    from pvd.data.hdf5 import DatasetConfig, ShapeDataset
+    from pvd.data.dataset import DatasetConfig, ShapeDataset
     view = ShapeDataset(DatasetConfig(path=str(data), num_points=128), "test", train=False)[0]["image"]
     Image.fromarray(view.permute(1, 2, 0).numpy()).save(image)
     out = tmp_path / "out"
@@ -238,7 +238,7 @@ def test_shape_input_trains_and_samples_through_the_commands(data, tmp_path):
     from PIL import Image
 
     import sample
-    from pvd.data.hdf5 import DatasetConfig, ShapeDataset
+    from pvd.data.dataset import DatasetConfig, ShapeDataset
     run = tmp_path / "shape-input"
     assert train.main(args(data, run, "max_steps=2", "shape_loss=1", "shape_points=16", "shape_input=true")) == 0
     ckpt = checkpoint.load(run)
@@ -289,7 +289,7 @@ def test_hierarchy_trains_on_low_noise_only_and_samples_from_its_start(data, tmp
     from PIL import Image
 
     import sample
-    from pvd.data.hdf5 import DatasetConfig, ShapeDataset
+    from pvd.data.dataset import DatasetConfig, ShapeDataset
     from pvd.diffusion import cascade
     run = tmp_path / "hierarchy"
     hierarchy = ["shape_loss=1", "shape_points=16", "shape_input=true", "diffusion.hierarchy.t_max=0.4"]

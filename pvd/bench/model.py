@@ -158,7 +158,7 @@ def shift_scales(norm: dict[str, Any], data: Data, shapes: list[Shape]) -> list[
         return [(np.asarray(norm["mean"], np.float64), float(norm["std"]))] * len(shapes)
     if norm["normalization"] == "none":
         return [(np.zeros(3), 1.0)] * len(shapes)
-    from pvd.data.hdf5 import DatasetConfig, ShapeDataset
+    from pvd.data.dataset import DatasetConfig, ShapeDataset
 
     ds = ShapeDataset(DatasetConfig(path=data.path, normalization=norm["normalization"], images=False,
                                     num_points=1), data.split, train=False)

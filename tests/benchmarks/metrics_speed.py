@@ -23,7 +23,7 @@ import time
 import numpy as np
 import torch
 
-from pvd.data.hdf5 import DatasetConfig, ShapeDataset
+from pvd.data.dataset import DatasetConfig, ShapeDataset
 from pvd.errors import UserError, run_command
 from pvd.metrics import auction_assignment, distribution_metrics, exact_assignment, pair_count
 from pvd.metrics._common import default_workers

@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from pvd.data.hdf5 import DatasetConfig, ShapeDataset
+from pvd.data.dataset import DatasetConfig, ShapeDataset
 from pvd.errors import run_command
 
 

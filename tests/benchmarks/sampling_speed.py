@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from pvd.checkpoint import load_run  # noqa: E402
 
-from pvd.data.hdf5 import ShapeDataset  # noqa: E402
+from pvd.data.dataset import ShapeDataset  # noqa: E402
 from pvd.diffusion import DiffusionConfig, build  # noqa: E402
 from pvd.diffusion.cascade import sample_stages  # noqa: E402
 from pvd.nn import PVDUNet, preset  # noqa: E402
