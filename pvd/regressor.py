@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from pvd import checkpoint
 from pvd.config import apply_overrides, from_dict, to_dict
-from pvd.data.hdf5 import DatasetConfig, ShapeDataset
+from pvd.data.dataset import DatasetConfig, ShapeDataset
 from pvd.errors import UserError, run_command
 from pvd.metrics import chamfer_distance
 from pvd.nn.encoder import EncoderConfig, ImageEncoder

@@ -23,7 +23,7 @@ def test_default_encoder_is_the_quickstarts():
 
 
 def test_trains_loads_and_regresses_closer_than_at_the_start(pipeline_data, tmp_path):
-    from pvd.data.hdf5 import DatasetConfig, ShapeDataset
+    from pvd.data.dataset import DatasetConfig, ShapeDataset
     run = tmp_path / "reg"
     assert regressor.main([f"data.path={pipeline_data}", f"run_dir={run}", "max_steps=60", "ema_decay=0.5", *TINY]) == 0
     encoder, record = regressor.load_regressor(run, torch.device("cpu"))
