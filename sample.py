@@ -8,8 +8,9 @@
 
 Photos are prepared like the training views (cropped to the object by its alpha or, for an
 opaque photo, by its difference from the border colour, recentred, padded to the training
-views' framing and resized). Per shape: NAME.ply (binary), NAME.npy and a NAME.png preview,
-and with --mesh the mesh; all shapes together in samples.npy (S, N, 3) for
+views' framing and resized). Per shape: NAME.ply (binary), NAME.npy and a NAME.png preview
+(name over input | points from two sides | mesh from two sides), and with --mesh the mesh; the
+first 16 previews stacked in previews.png; all shapes together in samples.npy (S, N, 3) for
 ``python -m pvd.evaluate``, plus info.json. Points are in the run's normalised data frame
 (original = points * std + mean with the PointFlow statistics in info.json). Every file is
 written complete or not at all; inputs are all checked before anything is sampled.
@@ -40,10 +41,13 @@ from pvd.imageprep import prepare_photo
 from pvd.io import atomic_path, save_points
 from pvd.meshing import load_points, mesh_from_points, save_mesh
 from pvd.nn import Condition
-from pvd.preview import preview
+from pvd.preview import preview, stack_rows
 from pvd.runtime import pick_device
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+PREVIEW_ROWS = 16  # previews.png stacks the first ones
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -195,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     bar.close()
     samples = np.concatenate(clouds)
 
-    written = []
+    written, panels = [], []
     for (name, i), points in zip(jobs, samples):
         save_points(out / f"{name}.ply", points)
         save_points(out / f"{name}.npy", points)
@@ -207,8 +211,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"warning: {name}: no mesh ({e})", file=sys.stderr)
         if args.mesh and mesh is not None:
             save_mesh(mesh, out / f"{name}.{args.mesh}")
-        save_png(out / f"{name}.png", preview(name, points, None if i is None else np.moveaxis(views[i], 0, -1), mesh, no_mesh))
+        panel = preview(name, points, None if i is None else np.moveaxis(views[i], 0, -1), mesh, no_mesh)
+        save_png(out / f"{name}.png", panel)
+        if len(panels) < PREVIEW_ROWS:
+            panels.append(panel)
         written.append(name)
+    save_png(out / "previews.png", stack_rows(panels))
     with atomic_path(out / "samples.npy") as tmp, open(tmp, "wb") as f:
         np.save(f, samples.astype(np.float32))
     info = {"checkpoint": run["checkpoint"], "step": run["step"], "sampler": diffusion.sampler,

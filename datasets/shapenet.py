@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("core", parents=[common, meshes], help="ShapeNetCore.v2 meshes: sample points, render views")
     p.add_argument("root", help="<root>/<synset>/<model_id>/models/model_normalized.obj")
+    p.add_argument("--normalize", action="store_true",
+                   help="rescale every mesh to ShapeNetCore.v2's frame (box centred at 0, diagonal 1); "
+                        "without it, meshes outside that frame are converted as they are and listed")
 
     p = sub.add_parser("folder", parents=[common, meshes], help="your own meshes / point clouds, one subfolder per category")
     p.add_argument("root", help="<root>/<category>/<shape>.{obj,ply,off,glb,stl,npy}")
@@ -92,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             split_ratios=parse_split_ratios(args.split_ratios),
         )
         if args.command == "core":
-            plan = plan_core(args.root, options, args.categories, args.limit)
+            plan = plan_core(args.root, options, args.categories, args.limit, normalize=args.normalize)
         else:
             plan = plan_folder(args.root, options, args.keep_scale, args.categories, args.limit)
     summary = run_plan(plan, args.out, workers=args.workers, strict=args.strict)

@@ -128,7 +128,7 @@ def test_images_end_to_end_through_the_command(cond_run, photos, tmp_path):
     assert code == 0, err
     names = ["rgba", "white", "grey", "large"]
     files = {p.name for p in out.iterdir()}
-    assert files == {f"{n}.{s}" for n in names for s in ("ply", "npy", "png", "obj")} | {"samples.npy", "info.json"}
+    assert files == {f"{n}.{s}" for n in names for s in ("ply", "npy", "png", "obj")} | {"samples.npy", "info.json", "previews.png"}
     assert "4 shape(s)" in stdout
 
     samples = samples_of(out)
@@ -328,7 +328,9 @@ def test_num_and_points_for_unconditional_sampling(uncond_run, tmp_path):
     names = [f"sample-{j:04d}" for j in range(3)]
     assert info_of(out)["shapes"] == names and info_of(out)["inputs"] == []
     assert {p.name for p in out.iterdir()} == {f"{n}.{s}" for n in names for s in ("ply", "npy", "png")} | \
-        {"samples.npy", "info.json"}
+        {"samples.npy", "info.json", "previews.png"}
+    with Image.open(out / "previews.png") as im, Image.open(out / "sample-0000.png") as first_row:
+        assert im.size[1] > 2 * first_row.size[1]  # the three previews stacked
     samples = samples_of(out)
     assert samples.shape == (3, 64, 3)
     for name, cloud in zip(names, samples):

@@ -577,3 +577,30 @@ def test_shapenet_image_preset_trains_and_samples_on_a_fabricated_tree(r2n2_tree
     assert sample.main(["--ckpt", str(run), "--image", str(png), "--steps", "2", "--out", str(tmp_path / "s")]) == 0
     points = np.load(tmp_path / "s" / "samples.npy")
     assert points.shape == (1, 2048, 3) and np.isfinite(points).all()
+
+
+def test_core_reports_meshes_outside_the_v2_frame_and_normalizes_on_request(tmp_path):
+    """A mesh in ShapeNetCore.v2's frame (box centred, diagonal 1) passes quietly; one exported at
+    another scale and offset is converted as it is and listed, or rescaled with normalize=True."""
+    root = tmp_path / "ShapeNetCore.v2"
+    good = trimesh.creation.box(extents=(0.6, 0.5, 0.4))
+    good.apply_scale(1 / np.linalg.norm(good.extents))
+    bad = good.copy()
+    bad.apply_scale(40.0)
+    bad.apply_translation((5.0, 0.0, -3.0))
+    for name, mesh in (("inframe", good), ("exported", bad)):
+        folder = root / SYNSETS[0] / name / "models"
+        folder.mkdir(parents=True)
+        mesh.export(folder / "model_normalized.obj")
+    options = MeshOptions(num_points=256, num_views=0)
+    summary = run_plan(plan_core(root, options), tmp_path / "as-is.h5", workers=1, progress=False)
+    assert summary.read == 2 and len(summary.off_frame) == 1 and "exported" in summary.off_frame[0]
+    assert "diagonal 40" in summary.off_frame[0] and "--normalize" in str(summary)
+    summary = run_plan(plan_core(root, options, normalize=True), tmp_path / "normalized.h5", workers=1, progress=False)
+    assert summary.off_frame == [] and "WARNING" not in str(summary)
+    with open_dataset_file(tmp_path / "normalized.h5") as f:
+        for row in range(2):
+            vertices, _ = read_mesh(f, row)
+            lo, hi = vertices.min(0), vertices.max(0)
+            np.testing.assert_allclose((lo + hi) / 2, 0, atol=1e-6)
+            assert np.linalg.norm(hi - lo) == pytest.approx(1, abs=1e-5)

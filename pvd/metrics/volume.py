@@ -15,10 +15,12 @@ through edges or vertices are resolved by a symbolic perturbation, so they count
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
+import trimesh
 
 from pvd.metrics._common import as_pair, to_numpy64
 from pvd.metrics.distances import nearest_neighbors
@@ -163,20 +165,14 @@ def normal_consistency(points_a: Any, normals_a: Any, points_b: Any, normals_b: 
     return (dot_ab.mean(-1) + dot_ba.mean(-1)) / 2
 
 
-def sample_mesh_surface(vertices: Any, faces: Any, count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """``count`` area-weighted surface samples of a mesh and their unit face normals, (count, 3) each."""
-    v = np.asarray(vertices, np.float64)
-    tri = v[np.asarray(faces, np.int64).reshape(-1, 3)]
-    cross = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    area = np.linalg.norm(cross, axis=1)
-    if not area.sum() > 0:
-        raise ValueError("the mesh has no area")
-    rng = np.random.default_rng(seed)
-    face = rng.choice(len(tri), size=count, p=area / area.sum())
-    r1, r2 = np.sqrt(rng.random(count)), rng.random(count)
-    t = tri[face]
-    points = (1 - r1)[:, None] * t[:, 0] + (r1 * (1 - r2))[:, None] * t[:, 1] + (r1 * r2)[:, None] * t[:, 2]
-    return points, cross[face] / area[face, None]
+def sample_mesh_surface(vertices: Any, faces: Any, count: int, seed: int | Sequence[int] = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` area-weighted surface samples of a mesh and their unit face normals, (count, 3) float64 each
+    (trimesh's sampler; the normals follow the file's face winding). ``seed`` seeds numpy's default_rng."""
+    mesh = trimesh.Trimesh(np.asarray(vertices, np.float64), np.asarray(faces, np.int64).reshape(-1, 3), process=False)
+    if not mesh.area > 0:
+        raise ValueError("the mesh has no area: no surface to sample")
+    points, face = trimesh.sample.sample_surface(mesh, count, seed=np.random.default_rng(seed))
+    return np.asarray(points, np.float64), np.asarray(mesh.face_normals[face], np.float64)
 
 
 def mesh_normal_consistency(mesh_a: Mesh, mesh_b: Mesh, num_samples: int = 10000, seed: int = 0) -> float:

@@ -21,6 +21,7 @@ from pvd.data.shapenet.pc15k import PC15K_POINTS
 from pvd.data.shapenet.tasks import Converted, CorruptInput, Plan, Skip, Task, short
 from pvd.data.shapenet.trees import check_root, layout_categories, source_attrs, subdirs, synset_dirs
 from pvd.errors import UserError
+from pvd.metrics.volume import sample_mesh_surface
 
 CORE_LAYOUT = "ShapeNetCore.v2: <root>/<synset>/<model_id>/models/model_normalized.obj"
 
@@ -84,15 +85,11 @@ def normalize_bbox(points: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 def sample_mesh(vertices: np.ndarray, faces: np.ndarray, num_points: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Area-weighted surface samples (P, 3) and their face normals (P, 3), float32.
-
-    Normals follow the file's face winding (ShapeNet's is not always consistent).
-    """
-    import trimesh
-
-    mesh = trimesh.Trimesh(vertices, faces, process=False)
-    points, face_index = trimesh.sample.sample_surface(mesh, num_points, seed=np.random.default_rng([seed, 1]))
-    return np.asarray(points, np.float32), np.asarray(mesh.face_normals[face_index], np.float32)
+    """Area-weighted surface samples (P, 3) and their face normals (P, 3), float32
+    (:func:`pvd.metrics.volume.sample_mesh_surface`, keyed to the shape's seed). Normals follow the
+    file's face winding (ShapeNet's is not always consistent)."""
+    points, normals = sample_mesh_surface(vertices, faces, num_points, [seed, 1])
+    return points.astype(np.float32), normals.astype(np.float32)
 
 
 def render_r2n2_like(vertices: np.ndarray, faces: np.ndarray, num_views: int, size: int, seed: int, supersample: int = 1) -> tuple[np.ndarray, CameraSet]:
@@ -105,9 +102,26 @@ def render_r2n2_like(vertices: np.ndarray, faces: np.ndarray, num_views: int, si
     return images, cameras
 
 
+# ShapeNetCore.v2's model_normalized.obj: bounding box centred at the origin, diagonal 1. A mesh
+# further off than this (another ShapeNet version, a user's own export) is reported.
+FRAME_TOLERANCE = 0.02
+
+
+def frame_offset(vertices: np.ndarray) -> str | None:
+    """Why ``vertices`` are not in the normalised frame (centre off by more than FRAME_TOLERANCE x the
+    diagonal, or diagonal off 1 by more than FRAME_TOLERANCE), or None when they are."""
+    shift, diagonal = normalize_bbox(vertices)
+    off = float(np.linalg.norm(shift))
+    if off <= FRAME_TOLERANCE * diagonal and abs(diagonal - 1) <= FRAME_TOLERANCE:
+        return None
+    return f"box centre {np.round(shift, 3).tolist()}, diagonal {diagonal:.3g}"
+
+
 def convert_mesh(task: Task) -> Converted:
-    """A ``mesh`` task: the mesh cleaned, normalised if asked, sampled and rendered."""
+    """A ``mesh`` task: the mesh cleaned, normalised if asked (else its frame checked if asked),
+    sampled and rendered."""
     vertices, faces = load_mesh(task.path)
+    off_frame = frame_offset(vertices) if task.check_frame and not task.normalize else None
     if task.normalize:
         shift, scale = normalize_bbox(vertices)
         vertices = (vertices - shift) / scale
@@ -119,7 +133,7 @@ def convert_mesh(task: Task) -> Converted:
         record.vertices, record.faces = vertices.astype(np.float32), faces.astype(np.int32)
     if task.num_views:
         record.images, record.cameras = render_r2n2_like(vertices, faces, task.num_views, task.image_size, task.seed, task.supersample)
-    return Converted(record)
+    return Converted(record, off_frame=None if off_frame is None else f"{task.path}: {off_frame}")
 
 
 def _is_core(root: Path) -> bool:
@@ -156,8 +170,11 @@ def plan_core(
     options: MeshOptions = MeshOptions(),
     categories: str | Sequence[str] | None = None,
     limit: int | None = None,
+    normalize: bool = False,
 ) -> Plan:
-    """List a ShapeNetCore.v2 mesh tree: see the module docstring."""
+    """List a ShapeNetCore.v2 mesh tree: see the module docstring. Its meshes are taken as they are
+    and each is checked against the v2 frame (:func:`frame_offset`); ``normalize``: rescale every
+    mesh to that frame instead (a tree of unnormalised meshes)."""
     options.check()
     root = check_root(root, CORE_LAYOUT, _is_core)
     synsets = resolve_categories(categories, [p.name for p in synset_dirs(root)], root)
@@ -171,12 +188,15 @@ def plan_core(
             if not path.is_file():
                 skipped.append(Skip(str(model), "missing model file", "no models/model_normalized.obj"))
                 continue
-            tasks.append(mesh_task(path, model.name, name_of[synset], model.name, options, normalize=False))
-    source, extra = source_attrs("core", root, {**options_dict(options), "categories": synsets, "limit": limit})
+            tasks.append(mesh_task(path, model.name, name_of[synset], model.name, options, normalize=normalize,
+                                   check_frame=True))
+    source, extra = source_attrs("core", root, {**options_dict(options), "categories": synsets, "limit": limit,
+                                                "normalize": normalize})
     return Plan(mesh_layout(names, options, points_only=False, source=source, extra=extra), tasks, skipped)
 
 
-def mesh_task(path: Path, model_id: str, category: str, key: str, options: MeshOptions, normalize: bool, kind: str = "mesh") -> Task:
+def mesh_task(path: Path, model_id: str, category: str, key: str, options: MeshOptions, normalize: bool, kind: str = "mesh",
+              check_frame: bool = False) -> Task:
     """The task converting one file under ``options``, its split and seed hashed from ``key``."""
     return Task(
         kind=kind,
@@ -192,6 +212,7 @@ def mesh_task(path: Path, model_id: str, category: str, key: str, options: MeshO
         meshes=options.meshes and kind == "mesh",
         normals=kind == "mesh",
         normalize=normalize,
+        check_frame=check_frame,
     )
 
 

@@ -77,6 +77,8 @@ def write_records(
             summary.upsampled += converted.upsampled
             if converted.silhouette is not None:
                 summary.silhouettes.append(converted.silhouette)
+            if converted.off_frame is not None:
+                summary.off_frame.append(converted.off_frame)
         if summary.read == 0:
             counts = Counter(s.reason for s in summary.skipped)
             reasons = ", ".join(f"{n} {r}" for r, n in sorted(counts.items()))

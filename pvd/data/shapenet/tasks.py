@@ -35,6 +35,7 @@ class Converted:
     record: ShapeRecord
     upsampled: bool = False
     silhouette: tuple[float, float] | None = None  # R2N2 join: (points inside, IoU)
+    off_frame: str | None = None  # Core.v2 check: why the mesh is not in the normalised frame
 
 
 class CorruptInput(Exception):
@@ -63,6 +64,7 @@ class Summary:
     upsampled: int = 0
     silhouettes: list[tuple[float, float]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    off_frame: list[str] = field(default_factory=list)  # "path: why" of meshes outside the expected frame
     max_listed: int = 20
 
     def frame_check(self) -> dict[str, float]:
@@ -93,6 +95,11 @@ class Summary:
             if inside < 0.9:
                 lines.append("WARNING: the R2N2 renderings and the point clouds do not seem to share a frame (v1 vs v2?)")
         lines.extend(self.notes)
+        if self.off_frame:
+            lines.append(f"WARNING: {len(self.off_frame)} meshes are not in ShapeNetCore.v2's normalised frame (bounding box "
+                         "centred at 0, diagonal 1); they were converted as they are and will render off-centre. "
+                         "Convert again with --normalize to rescale every mesh:")
+            lines.extend(f"  {s}" for s in self.off_frame[: self.max_listed])
         if self.skipped:
             lines.append(f"skipped {len(self.skipped)}:")
             for reason, n in sorted(Counter(s.reason for s in self.skipped).items(), key=lambda kv: (-kv[1], kv[0])):
@@ -123,6 +130,7 @@ class Task:
     meshes: bool = False
     normals: bool = False
     normalize: bool = True
+    check_frame: bool = False  # not normalised: report a mesh outside ShapeNetCore.v2's frame (Converted.off_frame)
 
 
 @dataclass
