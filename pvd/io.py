@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import trimesh
 
 from pvd.errors import UserError
 
@@ -40,22 +41,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def _ply_bytes(points: np.ndarray) -> bytes:
-    """Binary little-endian PLY with one vertex element of float32 x, y, z."""
-    header = (
-        "ply\n"
-        "format binary_little_endian 1.0\n"
-        f"element vertex {len(points)}\n"
-        "property float x\n"
-        "property float y\n"
-        "property float z\n"
-        "end_header\n"
-    )
-    return header.encode("ascii") + np.ascontiguousarray(points, dtype="<f4").tobytes()
-
-
 def save_points(path: str | os.PathLike, points: np.ndarray) -> None:
-    """Write (N, 3) float points atomically as ``.ply`` (binary little-endian, float32 x y z)
+    """Write (N, 3) float points atomically as ``.ply`` (binary little-endian x y z, float32 values)
     or ``.npy`` ((N, 3) float32), chosen by the suffix; another suffix raises UserError."""
     path = Path(path)
     points = np.asarray(points)
@@ -67,8 +54,8 @@ def save_points(path: str | os.PathLike, points: np.ndarray) -> None:
     if not path.parent.is_dir():
         raise UserError(f"no directory {path.parent} for {path.name}")
     with atomic_path(path) as tmp:
-        if suffix == ".ply":
-            tmp.write_bytes(_ply_bytes(points))
+        if suffix == ".ply":  # trimesh's exporter: binary little-endian, one vertex element
+            tmp.write_bytes(trimesh.PointCloud(points.astype(np.float32)).export(file_type="ply", encoding="binary"))
         else:
             # Through a file object: np.save(name) would append ".npy" to the temporary name.
             with open(tmp, "wb") as f:

@@ -8,6 +8,9 @@ Paired: when two methods are scored on the same shapes, the interval of the mean
 is the bootstrap of the per-shape differences a_i - b_i (the shapes are resampled, each
 keeping both of its scores), so the variation between shapes, which both methods share,
 cancels. Seeded: the same values and seed always give the same interval.
+
+Written here rather than calling ``scipy.stats.bootstrap``: scipy refuses a single observation,
+and the benchmark must still report a method scored on one shape (a degenerate interval).
 """
 
 from __future__ import annotations
