@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pvd.bench.common import BOOTSTRAP, DIFF_METRICS, FLAGS, METHOD_TITLES, METRICS, finite_mean
+from pvd.bench.common import BOOTSTRAP, DIFF_METRICS, EMD_POINTS, FLAGS, METHOD_TITLES, METRICS, finite_mean
 from pvd.bench.data import Data
 from pvd.io import atomic_path
 from pvd.metrics import distribution_metrics, pairwise_chamfer, pairwise_emd
@@ -104,7 +104,8 @@ def distribution(clouds: dict[str, dict[str, np.ndarray]], data: Data, k: int, w
         matrices = {}
         for metric in which:
             fn = (lambda x, y=None: pairwise_chamfer(x, y, workers=workers)) if metric == "CD" else \
-                 (lambda x, y=None: pairwise_emd(x, y, exact=True, workers=workers))
+                 (lambda x, y=None: pairwise_emd(x[:, :EMD_POINTS], None if y is None else y[:, :EMD_POINTS], exact=True,
+                                                 workers=workers))
             mats = {}
             for key, (x, y) in {"rr": (refs, None), "rs": (refs, samples), "ss": (samples, None)}.items():
                 n = len(x)

@@ -7,7 +7,7 @@ import io
 import math
 from typing import Any
 
-from pvd.bench.common import (BOOTSTRAP, COLLAPSED, EXPLODED, FLAGS, MESH_SAMPLES, METHOD_TITLES, METRICS,
+from pvd.bench.common import (BOOTSTRAP, COLLAPSED, EMD_POINTS, EXPLODED, FLAGS, MESH_SAMPLES, METHOD_TITLES, METRICS,
                               TABLE_METRICS, minutes)
 from pvd.bench.data import Data
 from pvd.metrics import (CHAMFER_CONVENTIONS, EMD_CONVENTION, F_SCORE_CONVENTION, IOU_CONVENTION,
@@ -214,7 +214,8 @@ def conventions_record(data: Data, k: int) -> dict[str, str]:
         "points": f"each output reduced to K = {k} points by a seeded random subset; ground truth: the held-out "
                   f"slice points[{data.info.num_train_points}:][:{data.ref_points}]",
         "CD": f"squared: {CHAMFER_CONVENTIONS['squared']}; against all {data.ref_points} truth points",
-        "EMD": f"{EMD_CONVENTION}, exact; against the truth's first K points",
+        "EMD": f"{EMD_CONVENTION}, exact; the first {min(EMD_POINTS, k)} of the K output points against the truth's "
+               f"first {min(EMD_POINTS, k)} (per shape and in the distribution metrics)",
         "F-score": f"{F_SCORE_CONVENTION}; thresholds 1% and 2% of the truth's bounding-box diagonal (full cloud)",
         "IoU": f"{IOU_CONVENTION}; 32^3, K points each",
         "thin recall": "fraction of truth points in parts flagged part_thin within 2% of the diagonal of the output",

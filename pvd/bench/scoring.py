@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pvd.bench.common import COLLAPSED, EXPLODED, MESH_SAMPLES, THRESHOLDS, save_npy, stable_seed, write_json
+from pvd.bench.common import COLLAPSED, EMD_POINTS, EXPLODED, MESH_SAMPLES, THRESHOLDS, save_npy, stable_seed, write_json
 from pvd.bench.data import Data, Shape
 from pvd.data.hdf5 import open_dataset_file
 from pvd.errors import UserError, raise_if_interrupted
@@ -55,7 +55,7 @@ def shape_metrics(pred: np.ndarray | None, shape: Shape, k: int, seed: int, meth
     record["collapsed"] = bool(not record["empty"] and record["extent_ratio"] < COLLAPSED)
     a, ref, ref_k = _batch(cloud), _batch(shape.ref), _batch(shape.ref[:k])
     record["cd"] = float(chamfer_distance(a, ref)[0])
-    record["emd"] = float(emd(a, ref_k, exact=True, workers=1)[0])
+    record["emd"] = float(emd(a[:, :EMD_POINTS], ref_k[:, :EMD_POINTS], exact=True, workers=1)[0])
     record["iou"] = float(voxel_iou(a, ref_k, resolution=32)[0])
     empty = record["empty"]
     for tag, frac in THRESHOLDS.items():
