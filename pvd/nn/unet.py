@@ -302,7 +302,8 @@ def _cpu_512() -> UNetConfig:
 def _cpu_2048() -> UNetConfig:
     # ``cpu-512`` for 2048 points (the quickstart's network): a 16^3 first voxel level (16 channels,
     # to keep its cost) where cpu-512 has 8^3, for the surface detail the hierarchy's refiner adds.
-    # A CPU training step (batch 32, 2048 points) costs 1.2x cpu-512's (tests/benchmarks/unet_speed.py).
+    # A CPU training step (batch 32, 2048 points) costs 1.2x cpu-512's (tests/benchmarks/unet_speed.py
+    # --presets cpu-512 cpu-2048 --batch 32; the measurement log has the numbers).
     q = _cpu_512()
     return dataclasses.replace(
         q,
