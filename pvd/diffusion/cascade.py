@@ -170,6 +170,6 @@ def sample_stages(stages: Sequence[Stage], models: Sequence[Model], cond: Any | 
                                    x_T=start_cloud(stage.diffusion, stage_cond.shape.to(dtype), stage.num_points,
                                                    stage.t_start, generator))
         x = stage.sampler(model, (batch_size, stage.num_points, 3), stage_cond, generator=generator, progress=report,
-                         dtype=dtype, device=device, **sampler_options)
+                          dtype=dtype, device=device, **sampler_options)
         clouds.append(x)
     return clouds if return_all else x

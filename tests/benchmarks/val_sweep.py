@@ -4,6 +4,9 @@ against the first one.
     python tests/benchmarks/val_sweep.py runs/quickstart --num 50 \\
         --settings ddim:25:1:0.5 ddim:25:2:0.5 ddim:25:2:0.35 ...
 
+``--save`` keeps every row's per-shape scores; ``--against FILE.npz:ROW`` then compares another
+run's rows with that row, paired over the same shapes (an ablation, each arm at its own setting).
+
 A setting is SAMPLER:STEPS:GUIDANCE[:T_START] (T_START: the hierarchy's refinement start, a
 fraction of T; omitted: the run's). Every setting samples the first ``--num`` shapes of the split
 from their fixed evaluation view with the same seed. Scores are in the run's normalised frame:
@@ -68,6 +71,9 @@ def main() -> None:
     p.add_argument("--split", default="val")
     p.add_argument("--batch", type=int, default=25)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save", help="write every row's per-shape scores to this .npz (for --against)")
+    p.add_argument("--against", help="FILE.npz:ROW: paired differences against a row saved by another run's sweep "
+                                     "(same split, shapes and seed)")
     args = p.parse_args()
     if args.split == "test":
         raise SystemExit("error: settings are chosen on the val split")
@@ -106,7 +112,19 @@ def main() -> None:
             rows.append((text, *scores(torch.cat(parts), truth), passes, seconds))
 
     base_cd, base_f1 = rows[1 if rows[0][0].startswith("regressor") else 0][1:3]
-    print(f"{'setting':<26} {'CD x1e-3':>9} {'F@1%':>7} {'passes':>6} {'s':>6}   d CD vs first [95% CI]   d F@1% vs first")
+    if args.against:
+        path, _, row = args.against.rpartition(":")
+        saved = np.load(path)
+        if f"{row}/cd" not in saved:
+            raise SystemExit(f"error: {path} has no row {row!r}; it has {sorted({k.split('/')[0] for k in saved})}")
+        base_cd, base_f1 = saved[f"{row}/cd"], saved[f"{row}/f1"]
+        if len(base_cd) != count:
+            raise SystemExit(f"error: {path} scored {len(base_cd)} shapes, this sweep {count}")
+        print(f"differences against {args.against}: CD {base_cd.mean():.2f}, F@1% {base_f1.mean():.3f}")
+    if args.save:
+        np.savez(args.save, **{f"{name}/{key}": v for name, cd, f1, _, _ in rows for key, v in (("cd", cd), ("f1", f1))})
+    print(f"{'setting':<26} {'CD x1e-3':>9} {'F@1%':>7} {'passes':>6} {'s':>6}   d CD [95% CI]   d F@1% [95% CI]"
+          f"   (vs {args.against or 'the first setting'})")
     for name, cd, f1, passes, seconds in rows:
         dcd = paired_bootstrap_ci(cd, base_cd)
         df1 = paired_bootstrap_ci(f1, base_f1)
