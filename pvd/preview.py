@@ -82,6 +82,26 @@ def preview(name: str, points: np.ndarray, view: np.ndarray | None = None, mesh:
     return labelled(image_grid(tiles, columns=len(tiles)), name)
 
 
+def captioned(panel: np.ndarray, text: str) -> np.ndarray:
+    """``panel`` (H, W, 3 or 4) uint8 as RGB on white with ``text`` (one or more lines) at its top left."""
+    rgba = panel if panel.shape[-1] == 4 else np.concatenate([panel, np.full(panel.shape[:2] + (1,), 255, np.uint8)], -1)
+    image = Image.new("RGB", rgba.shape[1::-1], (255, 255, 255))
+    image.paste(Image.fromarray(np.ascontiguousarray(rgba)), mask=Image.fromarray(np.ascontiguousarray(rgba[..., 3])))
+    ImageDraw.Draw(image).multiline_text((4, 3), text, fill=(20, 20, 20), font=_font(13), spacing=2)
+    return np.asarray(image)
+
+
+def column_titles(titles: Sequence[str], size: int = PANEL, pad: int = 2) -> np.ndarray:
+    """A white strip with each title centred over its column of an image_grid of ``size`` panels."""
+    width = len(titles) * (size + pad) + pad
+    strip = Image.new("RGB", (width, LABEL_HEIGHT), (255, 255, 255))
+    draw = ImageDraw.Draw(strip)
+    for i, title in enumerate(titles):
+        draw.text((pad + i * (size + pad) + size // 2, LABEL_HEIGHT // 2), title, fill=(20, 20, 20), anchor="mm",
+                  font=_font(15))
+    return np.asarray(strip)
+
+
 def stack_rows(rows: Sequence[np.ndarray], pad: int = 4) -> np.ndarray:
     """Rows of previews (each (H_i, W_i, 3)) one under another on white, left-aligned."""
     width = max(r.shape[1] for r in rows)

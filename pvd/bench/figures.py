@@ -1,4 +1,5 @@
-"""The benchmark's figures: input | truth | methods grid, each method's worst shapes, quality curves."""
+"""The benchmark's figures: input | truth | methods grid and each method's worst shapes (the panels
+of pvd.preview), quality curves (matplotlib)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,9 @@ import numpy as np
 
 from pvd.bench.common import FLAGS, METHOD_ORDER, METHOD_TITLES, METRICS
 from pvd.bench.data import Data, Shape
+from pvd.data.render import image_grid, render_points, save_png
 from pvd.io import atomic_path
-
-TILE = 96
-
+from pvd.preview import PANEL, blank_panel, captioned, column_titles, image_panel, labelled, stack_rows
 
 def _pyplot():
     """matplotlib.pyplot on the file-only Agg backend (benchmarks run without a display)."""
@@ -32,79 +32,52 @@ def save_figure(fig: Any, path: Path) -> None:
 
 
 def render(points: np.ndarray | None, shape: Shape, colors: np.ndarray | None = None,
-           overlay: np.ndarray | None = None) -> np.ndarray:
-    """(TILE, TILE, 4) uint8: the (N, 3) cloud seen from the input view's camera (optionally over
+           overlay: np.ndarray | None = None, size: int = PANEL) -> np.ndarray:
+    """(size, size, 4) uint8: the (N, 3) cloud seen from the input view's camera (optionally over
     the (M, 3) truth ``overlay`` in grey)."""
-    from pvd.data.render import render_points
-
     k = shape.intrinsics.copy()
-    k[:2] *= TILE / shape.image.shape[1]
+    k[:2] *= size / shape.image.shape[1]
     if points is None and overlay is None:
-        return np.zeros((TILE, TILE, 4), np.uint8)
+        return np.zeros((size, size, 4), np.uint8)
     pts = np.zeros((0, 3)) if points is None else points
     if overlay is not None:
         colors = np.concatenate([np.tile([[0.9, 0.3, 0.2]], (len(pts), 1)), np.tile([[0.75, 0.75, 0.75]], (len(overlay), 1))])
         pts = np.concatenate([pts, overlay])
-    return render_points(pts, k, shape.extrinsics, TILE, TILE, colors=colors, radius_px=1.0)
-
-
-def input_tile(shape: Shape) -> np.ndarray:
-    """(TILE, TILE, 4) uint8: the input view, resized."""
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(shape.image, "RGBA").resize((TILE, TILE), Image.NEAREST))
+    return render_points(pts, k, shape.extrinsics, size, size, colors=colors, radius_px=size / 128)
 
 
 def figure_grid(data: Data, outputs: dict[str, dict[str, Any]], path: Path, count: int = 12) -> None:
-    """grid.png: input | truth | each method's output for ``count`` shapes (those SDS lifted first)."""
-    plt = _pyplot()
+    """grid.png: per shape, its name over input | truth | each method's output, all from the input
+    camera, for ``count`` shapes (those SDS lifted first); the panels of pvd.preview."""
     methods = [m for m in METHOD_ORDER if m != "truth-resample" and m in outputs]
     with_sds = [s for s in data.shapes[: data.num] if "sds" not in outputs or s.name in outputs["sds"]]
     shapes = (with_sds if len(with_sds) >= min(count, data.num) else data.shapes[: data.num])[:count]
-    columns = ["input", "truth"] + [METHOD_TITLES[m] for m in methods]
-    fig, axes = plt.subplots(len(shapes), len(columns), figsize=(1.3 * len(columns), 1.3 * len(shapes) + 0.3), squeeze=False)
-    for i, s in enumerate(shapes):
-        tiles = [input_tile(s), render(s.ref, s)] + [render(outputs[m].get(s.name), s) if s.name in outputs[m]
-                                                     else np.zeros((TILE, TILE, 4), np.uint8) for m in methods]
-        for j, tile in enumerate(tiles):
-            ax = axes[i, j]
-            ax.imshow(tile)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title(columns[j], fontsize=7)
-            if j == 0:
-                ax.set_ylabel(f"{s.category}\n{s.name}", fontsize=6)
-    fig.tight_layout(pad=0.2)
-    save_figure(fig, path)
+    rows = [column_titles(["input", "truth"] + [METHOD_TITLES[m] for m in methods])]
+    for s in shapes:
+        tiles = [image_panel(s.image), render(s.ref, s)]
+        tiles += [render(outputs[m].get(s.name), s) if s.name in outputs[m] else blank_panel("not run") for m in methods]
+        rows.append(labelled(image_grid(tiles, columns=len(tiles)), f"{s.name} ({s.category})"))
+    save_png(path, stack_rows(rows))
 
 
 def figure_worst(data: Data, records: dict[str, dict[str, dict[str, Any]]], clouds: dict[str, dict[str, np.ndarray]],
                  path: Path, worst: dict[str, list[str]]) -> None:
-    """worst.png: each method's worst shapes (``worst``: method -> names) over the truth, with their numbers."""
-    plt = _pyplot()
+    """worst.png: per method, its worst shapes by CD (``worst``: method -> names), output in red over
+    the truth in grey from the input camera, each with its name and numbers."""
     methods = [m for m in METHOD_ORDER if m in worst and worst[m]]
     by_name = {s.name: s for s in data.shapes[: data.num]}
-    cols = 5
-    fig, axes = plt.subplots(max(len(methods), 1), cols, figsize=(1.8 * cols, 2.0 * max(len(methods), 1) + 0.3), squeeze=False)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.axis("off")
-    for i, m in enumerate(methods):
-        for j, name in enumerate(worst[m]):
+    rows = []
+    for m in methods:
+        tiles = []
+        for name in worst[m]:
             s, r = by_name[name], records[m][name]
-            ax = axes[i, j]
-            ax.axis("on")
-            ax.imshow(render(None if r["empty"] else clouds[m][name], s, overlay=s.ref))
             flags = ", ".join(f for f in FLAGS if r.get(f) and f != "no_mesh")
-            ax.set_title(f"{name} ({s.category})\nCD {r['cd']:.3g}, F@1% {r['f1']:.2f}" + (f"\n{flags}" if flags else ""),
-                         fontsize=6)
-            if j == 0:
-                ax.set_ylabel(METHOD_TITLES[m], fontsize=8)
-    fig.suptitle("worst five shapes per method by CD (output red, truth grey, input camera)", fontsize=8)
-    fig.tight_layout(pad=0.3)
-    save_figure(fig, path)
+            text = f"{name} ({s.category})\nCD {r['cd']:.3g}, F@1% {r['f1']:.2f}" + (f"\n{flags}" if flags else "")
+            tiles.append(captioned(render(None if r["empty"] else clouds[m][name], s, overlay=s.ref), text))
+        rows.append(labelled(image_grid(tiles, columns=len(tiles)),
+                             f"{METHOD_TITLES[m]}: worst shapes by CD (output red, truth grey, input camera)"))
+    if rows:
+        save_png(path, stack_rows(rows))
 
 
 def figure_curve(points: list[dict[str, Any]], x_key: str, group_key: str | None, path: Path, xlabel: str, log: bool) -> None:
