@@ -32,7 +32,7 @@ from pvd.checkpoint import load_run  # noqa: E402
 from pvd.data.dataset import ShapeDataset  # noqa: E402
 from pvd.diffusion import build  # noqa: E402
 from pvd.diffusion.cascade import sample_stages  # noqa: E402
-from pvd.diffusion.hierarchy import with_t_start  # noqa: E402
+from pvd.diffusion.hierarchy import HierarchyConfig, with_t_start  # noqa: E402
 from pvd.metrics import chamfer_distance, f_score  # noqa: E402
 from pvd.metrics.bootstrap import paired_bootstrap_ci  # noqa: E402
 
@@ -50,6 +50,17 @@ def scores(samples: torch.Tensor, truth: torch.Tensor) -> tuple[np.ndarray, np.n
     cd = chamfer_distance(samples, truth).numpy() * 1e3
     f1 = np.array([float(f_score(s[None], g[None], 0.01 * float(d))[0]) for s, g, d in zip(samples, truth, diagonal)])
     return cd, f1
+
+
+def read_saved_row(spec: str) -> tuple[np.ndarray, np.ndarray]:
+    """(CD, F@1%) per shape of row ROW in FILE.npz, from 'FILE.npz:ROW' (ROW may hold colons)."""
+    path, sep, row = spec.partition(".npz:")
+    if not sep:
+        raise SystemExit(f"error: --against takes FILE.npz:ROW, got {spec!r}")
+    saved = np.load(path + ".npz")
+    if f"{row}/cd" not in saved:
+        raise SystemExit(f"error: {path}.npz has no row {row!r}; it has {sorted({k.split('/')[0] for k in saved})}")
+    return saved[f"{row}/cd"], saved[f"{row}/f1"]
 
 
 class Passes:
@@ -71,14 +82,22 @@ def main() -> None:
     p.add_argument("--split", default="val")
     p.add_argument("--batch", type=int, default=25)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--as-refiner", action="store_true",
+                   help="sample a single-stage run with a shape head as the hierarchy does (from its regressed cloud "
+                        "noised to T_START), though it was trained on every t")
     p.add_argument("--save", help="write every row's per-shape scores to this .npz (for --against)")
     p.add_argument("--against", help="FILE.npz:ROW: paired differences against a row saved by another run's sweep "
                                      "(same split, shapes and seed)")
     args = p.parse_args()
     if args.split == "test":
         raise SystemExit("error: settings are chosen on the val split")
+    against = read_saved_row(args.against) if args.against else None
 
     run, cfg, nets = load_run(args.run, torch.device("cpu"))
+    if args.as_refiner:  # a control: a network trained on the whole process, sampled as the hierarchy samples
+        if cfg.diffusion.hierarchy is not None or not cfg.shape_input:
+            raise SystemExit("error: --as-refiner is for single-stage runs with shape_input=true")
+        cfg.diffusion.hierarchy = HierarchyConfig(t_max=1.0)
     data = ShapeDataset(cfg.data, args.split, train=False)
     count = min(args.num, len(data))
     batch = torch.utils.data.default_collate([data[i] for i in range(count)])
@@ -112,14 +131,10 @@ def main() -> None:
             rows.append((text, *scores(torch.cat(parts), truth), passes, seconds))
 
     base_cd, base_f1 = rows[1 if rows[0][0].startswith("regressor") else 0][1:3]
-    if args.against:
-        path, _, row = args.against.rpartition(":")
-        saved = np.load(path)
-        if f"{row}/cd" not in saved:
-            raise SystemExit(f"error: {path} has no row {row!r}; it has {sorted({k.split('/')[0] for k in saved})}")
-        base_cd, base_f1 = saved[f"{row}/cd"], saved[f"{row}/f1"]
+    if against is not None:
+        base_cd, base_f1 = against
         if len(base_cd) != count:
-            raise SystemExit(f"error: {path} scored {len(base_cd)} shapes, this sweep {count}")
+            raise SystemExit(f"error: {args.against} scored {len(base_cd)} shapes, this sweep {count}")
         print(f"differences against {args.against}: CD {base_cd.mean():.2f}, F@1% {base_f1.mean():.3f}")
     if args.save:
         np.savez(args.save, **{f"{name}/{key}": v for name, cd, f1, _, _ in rows for key, v in (("cd", cd), ("f1", f1))})
