@@ -27,6 +27,7 @@ from pvd.checkpoint import load_run  # noqa: E402
 from pvd.data.dataset import ShapeDataset  # noqa: E402
 from pvd.diffusion import build  # noqa: E402
 from pvd.diffusion.cascade import sample_stages  # noqa: E402
+from pvd.diffusion.hierarchy import with_t_start  # noqa: E402
 from pvd.metrics import chamfer_distance, f_score  # noqa: E402
 
 
@@ -40,6 +41,7 @@ def main() -> None:
     p.add_argument("--sampler", default=None)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--guidance", type=float, default=None)
+    p.add_argument("--t-start", type=float, default=None, help="hierarchy runs: the refinement's start (fraction of T)")
     p.add_argument("--raw-weights", action="store_true", help="the raw weights instead of the EMA")
     args = p.parse_args()
 
@@ -49,6 +51,7 @@ def main() -> None:
     batch = torch.utils.data.default_collate([data[i] for i in range(count)])
     diffusion = dataclasses.replace(cfg.diffusion, **{k: v for k, v in (
         ("sampler", args.sampler), ("sampling_steps", args.steps), ("guidance_scale", args.guidance)) if v is not None})
+    diffusion.hierarchy = with_t_start(diffusion.hierarchy, args.t_start)
     stages = build(diffusion, cfg.data.num_points)
     gen = torch.Generator().manual_seed(args.seed)
     samples, tic = [], time.perf_counter()
