@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import json
 import os
 import signal
@@ -39,7 +38,8 @@ from tqdm import tqdm
 
 import pvd
 from pvd import checkpoint
-from pvd.config import PRESETS, TrainConfig, apply_overrides, check, from_dict, network_config, to_dict, train_preset
+from pvd.config import (PRESETS, TrainConfig, apply_overrides, check, from_dict, network_config, to_dict, train_preset,
+                        validation_diffusion)
 from pvd.data.dataset import ShapeDataset
 from pvd.data.render import image_grid, render_points, save_png
 from pvd.diffusion import build
@@ -50,7 +50,7 @@ from pvd.metrics import chamfer_distance, f_score
 from pvd.nn import Condition, PVDUNet
 from pvd.nn.unet import UNetConfig
 from pvd.runtime import reexec_with_malloc_settings
-from pvd.training import cosine_factor, derive_seed, ema_update, warmup_factor
+from pvd.training import cosine_factor, derive_seed, ema_update, shape_head_loss, warmup_factor
 
 # Fields that may change when a run is resumed: they do not alter the weights it computes.
 RESUMABLE = {"epochs", "max_steps", "device", "workers", "log_every", "ckpt_every", "keep", "val_every",
@@ -155,7 +155,7 @@ class Objective(nn.Module):
             if self.cfg.shape_loss:
                 # The encoder sees every image, dropped conditions included.
                 regressed = net.encoder.predict_shape(cond.image)
-                loss = loss + self.cfg.shape_loss * chamfer_distance(regressed, x0.to(device))
+                loss = loss + self.cfg.shape_loss * shape_head_loss(regressed, x0.to(device), self.cfg.shape_emd)
             losses.append(loss)
             steps.append(t)
         per_sample = torch.stack(losses)
@@ -228,13 +228,12 @@ class Log:
 @torch.no_grad()
 def validate(cfg: TrainConfig, nets: list[PVDUNet], val: ShapeDataset, step: int, run_dir: Path,
              device: torch.device) -> dict[str, float]:
-    """Sample the first ``val_shapes`` val shapes with the fast sampler; Chamfer distance and F-score
+    """Sample the first ``val_shapes`` val shapes with the run's sampler (or val_sampler); Chamfer distance and F-score
     to their ground truth (normalised frame) and a PNG grid: input view | ground truth | sample."""
     count = min(cfg.val_shapes, len(val))
     items = [val[i] for i in range(count)]
     batch = torch.utils.data.default_collate(items)
-    sampler_cfg = dataclasses.replace(cfg.diffusion, sampler=cfg.val_sampler, sampling_steps=cfg.val_steps)
-    stages = build(sampler_cfg, cfg.data.num_points)
+    stages = build(validation_diffusion(cfg), cfg.data.num_points)
     for net in nets:
         net.eval()
     conds = make_conditions(cfg, nets, batch, device)

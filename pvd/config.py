@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pvd.data.dataset import DatasetConfig
-from pvd.diffusion import DiffusionConfig, HierarchyConfig
+from pvd.diffusion import DiffusionConfig, HierarchyConfig, build
 from pvd.errors import UserError
 from pvd.nn.embeddings import ConditionConfig
 from pvd.nn.unet import PRESETS as NETWORK_PRESETS
@@ -57,6 +57,9 @@ class TrainConfig:
     # shape_points regressed from the image vector and the ground truth (0: no such head).
     shape_loss: float = 0.0
     shape_points: int = 64
+    # Weight of an EMD term beside that Chamfer distance (pvd.training.shape_head_loss): it spreads
+    # the head's points over the surface instead of piling them where Chamfer is cheapest.
+    shape_emd: float = 0.0
     # The shape head's cloud also enters the denoiser, as shape_points extra input points (dropped
     # with the image for guidance): what the encoder knows reaches the denoiser, not only the loss.
     shape_input: bool = False
@@ -75,8 +78,8 @@ class TrainConfig:
     keep: int = 3  # checkpoints kept
     val_every: int = 1000  # steps between validations (and one at the end); 0: none
     val_shapes: int = 8  # val shapes sampled by each validation
-    val_sampler: str = "ddim"  # a fast sampler for validation
-    val_steps: int = 50
+    val_sampler: str | None = None  # None: validate with the run's own sampler (diffusion.sampler)
+    val_steps: int | None = None  # None: the sampler's steps (the run's diffusion.sampling_steps with its sampler)
     tensorboard: bool = False  # also log to run_dir/tb (needs the tensorboard package)
 
 
@@ -185,8 +188,10 @@ def check(cfg: TrainConfig) -> None:
                         "or a model with one (pvd-paper-cond, small, tiny)")
     if "image" in cfg.condition and not cfg.data.images and cfg.data.embedding is None:
         raise UserError("image conditioning needs data.images=true or a data.embedding")
-    if cfg.shape_loss < 0 or cfg.shape_points < 1:
-        raise UserError("shape_loss must be >= 0 and shape_points >= 1")
+    if cfg.shape_loss < 0 or cfg.shape_emd < 0 or cfg.shape_points < 1:
+        raise UserError("shape_loss and shape_emd must be >= 0 and shape_points >= 1")
+    if cfg.shape_points > cfg.data.num_points:
+        raise UserError(f"shape_points ({cfg.shape_points}) cannot exceed data.num_points ({cfg.data.num_points})")
     if cfg.shape_loss and not ("image" in cfg.condition and cfg.data.images):
         raise UserError("shape_loss trains the image encoder: it needs condition=image and data.images=true")
     if cfg.shape_input and not cfg.shape_loss:
@@ -202,8 +207,17 @@ def check(cfg: TrainConfig) -> None:
         raise UserError(f"max_steps must be at least 1, got {cfg.max_steps}")
     if cfg.val_every < 0 or cfg.val_shapes < 1:
         raise UserError("val_every must be >= 0 and val_shapes >= 1")
+    if cfg.val_every:  # the validation sampler must fit the run's process now, not at the first validation
+        build(validation_diffusion(cfg), cfg.data.num_points)
     if cfg.resume and cfg.init_from:
         raise UserError("resume continues this run; init_from starts a new one from another run's weights: choose one")
+
+
+def validation_diffusion(cfg: TrainConfig) -> DiffusionConfig:
+    """The run's diffusion with validation's sampler: its own unless val_sampler / val_steps say otherwise."""
+    if cfg.val_sampler is None and cfg.val_steps is None:
+        return cfg.diffusion
+    return dataclasses.replace(cfg.diffusion, sampler=cfg.val_sampler or cfg.diffusion.sampler, sampling_steps=cfg.val_steps)
 
 
 def network_config(cfg: TrainConfig, num_categories: int, cascade_stage: bool = False) -> UNetConfig:

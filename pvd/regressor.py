@@ -27,9 +27,8 @@ from pvd import checkpoint
 from pvd.config import apply_overrides, from_dict, to_dict
 from pvd.data.dataset import DatasetConfig, ShapeDataset
 from pvd.errors import UserError, run_command
-from pvd.metrics import chamfer_distance
 from pvd.nn.encoder import EncoderConfig, ImageEncoder
-from pvd.training import cosine_factor, derive_seed, ema_update, warmup_factor
+from pvd.training import cosine_factor, derive_seed, ema_update, shape_head_loss, warmup_factor
 
 RECORD_KEY = "regressor"
 
@@ -43,6 +42,7 @@ class RegressorConfig:
     dim: int = 128
     blocks: int = 1
     shape_points: int = 256
+    emd: float = 0.0  # weight of the EMD term beside Chamfer (pvd.training.shape_head_loss); the PVD run's shape_emd
     batch_size: int = 32
     max_steps: int = 2000
     lr: float = 1e-3
@@ -58,6 +58,8 @@ class RegressorConfig:
 
 
 def check(cfg: RegressorConfig) -> None:
+    if cfg.emd < 0:
+        raise UserError("emd must be >= 0")
     if min(cfg.shape_points, cfg.dim, cfg.blocks, *cfg.widths) < 1:
         raise UserError("shape_points, dim, blocks and widths must be at least 1")
     if min(cfg.batch_size, cfg.max_steps, cfg.log_every) < 1 or cfg.lr <= 0:
@@ -95,7 +97,7 @@ def train(cfg: RegressorConfig) -> Path:
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr * warmup_factor(step, cfg.warmup_steps) * cosine_factor(
                 step, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
-        loss = chamfer_distance(encoder.predict_shape(encoder(batch["image"])[0]), batch["points"]).mean()
+        loss = shape_head_loss(encoder.predict_shape(encoder(batch["image"])[0]), batch["points"], cfg.emd).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

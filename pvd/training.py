@@ -1,6 +1,7 @@
 """What both training loops share: train.py (the denoiser) and pvd.sds.train_prior (the view prior).
 
-Seeds derived from (seed, step, index) keys, the learning-rate factors and the EMA update. The
+Seeds derived from (seed, step, index) keys, the learning-rate factors, the EMA update and the
+loss of the image encoder's shape head. The
 schedule is a pure function of the step rather than a ``torch.optim.lr_scheduler``: a resumed run
 then needs no scheduler state and repeats the uninterrupted run bit for bit.
 """
@@ -12,6 +13,8 @@ import math
 import numpy as np
 import torch
 from torch import nn
+
+from pvd.metrics import chamfer_distance, emd
 
 
 def derive_seed(*parts: int) -> int:
@@ -41,3 +44,22 @@ def ema_update(average: nn.Module, model: nn.Module, step: int, decay: float) ->
     torch._foreach_lerp_(list(average.parameters()), list(model.parameters()), 1 - d)
     for a, b in zip(average.buffers(), model.buffers()):
         a.copy_(b)
+
+
+def shape_head_loss(regressed: torch.Tensor, truth: torch.Tensor, emd_weight: float = 0.0) -> torch.Tensor:
+    """Loss of the shape head's cloud regressed (B, M, 3) against training points truth (B, N >= M, 3) -> (B,).
+
+    Chamfer distance (squared) to all N points, plus ``emd_weight`` times the EMD to the first M
+    of them (training points are independent draws from the surface, so any M are a uniform
+    subset). Chamfer alone lets a regressor pile points where it is sure and leave thin parts
+    bare (Fan et al. 2017); a bijection makes the cloud spread over the surface the way the
+    truth does. The matching is exact on the CPU (~5 ms per 256-point pair) and held fixed in
+    the gradient.
+    """
+    loss = chamfer_distance(regressed, truth)
+    if emd_weight:
+        m = regressed.shape[1]
+        if truth.shape[1] < m:
+            raise ValueError(f"the EMD term needs at least {m} truth points, got {truth.shape[1]}")
+        loss = loss + emd_weight * emd(regressed, truth[:, :m], workers=1)
+    return loss

@@ -254,10 +254,13 @@ def test_shape_input_trains_and_samples_through_the_commands(data, tmp_path):
         train.main(args(data, tmp_path / "x", "shape_input=true"))
 
 
-def test_shape_loss_adds_the_encoder_heads_chamfer_distance(data):
-    # The objective with shape_loss = w is the plain one plus w x Chamfer(head(image vector), x0).
-    from pvd.metrics import chamfer_distance
-    cfg = apply_overrides(train_preset("tiny"), [f"data.path={data}", "shape_loss=0.5", "shape_points=16", "dropout=0.0"])
+@pytest.mark.parametrize("shape_emd", [0.0, 2.0])
+def test_shape_loss_adds_the_encoder_heads_chamfer_distance_and_emd(data, shape_emd):
+    # The objective with shape_loss = w is the plain one plus
+    # w x (Chamfer(head(image vector), x0) + shape_emd x EMD(head(image vector), first 16 points of x0)).
+    from pvd.metrics import chamfer_distance, emd
+    cfg = apply_overrides(train_preset("tiny"), [f"data.path={data}", "shape_loss=0.5", "shape_points=16", "dropout=0.0",
+                                                 f"shape_emd={shape_emd}"])
     dataset = ShapeDataset(cfg.data, "train")
     stages = build(cfg.diffusion, cfg.data.num_points)
     torch.manual_seed(0)
@@ -271,8 +274,20 @@ def test_shape_loss_adds_the_encoder_heads_chamfer_distance(data):
         vector, _ = net.encoder(batch["image"])
         coarse = net.encoder.predict_shape(vector)
     assert coarse.shape == (3, 16, 3)
-    expected = base + 0.5 * chamfer_distance(coarse, batch["points"]).mean()
+    matched = emd(coarse, batch["points"][:, :16], exact=True, workers=1)
+    expected = base + 0.5 * (chamfer_distance(coarse, batch["points"]) + shape_emd * matched).mean()
     torch.testing.assert_close(total, expected)
+
+
+def test_quickstart_preset_trains_and_validates_with_its_own_sampler(data, tmp_path):
+    # README command 1's preset as it is (network, hierarchy, sampler) on the small data: one step,
+    # a validation with the run's sampler (DDIM-10 from t_start), a checkpoint.
+    run = tmp_path / "quick"
+    assert train.main(["quickstart", f"data.path={data}", f"run_dir={run}", "data.num_points=128", "shape_points=64",
+                       "batch_size=2", "max_steps=1", "val_every=1", "val_shapes=1"]) == 0
+    record = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
+    assert any(r.get("step") == 1 and "val_cd" in r for r in record), record
+    assert checkpoint.load(run)["step"] == 1
 
 
 def test_shape_head_is_trained_and_checkpointed(data, tmp_path):

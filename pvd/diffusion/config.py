@@ -78,6 +78,12 @@ def _check(cfg: DiffusionConfig) -> None:
         raise UserError(f"min_snr_gamma must be positive, got {cfg.min_snr_gamma}")
     if cfg.hierarchy is not None:
         HierarchyConfig(**dataclasses.asdict(cfg.hierarchy))  # its own checks again: overrides set fields one by one
+        # DDIM steps on integer timesteps: from t_start there are only t_start + 1 of them.
+        _, t_start = cfg.hierarchy.steps(cfg.num_steps)
+        steps = cfg.sampling_steps or _DEFAULT_STEPS[ddim_sample]
+        if cfg.sampler == "ddim" and steps > t_start + 1:
+            raise UserError(f"ddim from hierarchy.t_start={cfg.hierarchy.t_start or cfg.hierarchy.t_max} (timestep {t_start}) "
+                            f"has {t_start + 1} timesteps to visit; {steps} sampling steps are more")
 
 
 def make_diffusion(cfg: DiffusionConfig, logsnr_shift: float | None = None) -> GaussianDiffusion:

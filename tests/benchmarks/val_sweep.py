@@ -12,7 +12,8 @@ fraction of T; omitted: the run's). Every setting samples the first ``--num`` sh
 from their fixed evaluation view with the same seed. Scores are in the run's normalised frame:
 Chamfer distance (squared, x 1e-3) and F-score at 1% of each truth's bounding-box diagonal,
 against the split's evaluation points (PVD's slice), as train.py's validation scores them.
-The regressor row is the encoder's shape head alone (no diffusion), when the run has one.
+The regressor row is the encoder's shape head alone (no diffusion), when the run has one;
+``--regressors RUN ...`` adds a row for each stand-alone regressor (``python -m pvd.regressor``).
 Network passes per shape are counted (a guided step is two). The test split is never the place for this.
 """
 
@@ -35,6 +36,7 @@ from pvd.diffusion.cascade import sample_stages  # noqa: E402
 from pvd.diffusion.hierarchy import HierarchyConfig, with_t_start  # noqa: E402
 from pvd.metrics import chamfer_distance, f_score  # noqa: E402
 from pvd.metrics.bootstrap import paired_bootstrap_ci  # noqa: E402
+from pvd.regressor import load_regressor  # noqa: E402
 
 
 def parse_setting(text: str) -> tuple[str, int, float, float | None]:
@@ -77,7 +79,8 @@ class Passes:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("run")
-    p.add_argument("--settings", nargs="+", required=True)
+    p.add_argument("--settings", nargs="*", default=[])
+    p.add_argument("--regressors", nargs="*", default=[], help="stand-alone regressor runs to score beside the run")
     p.add_argument("--num", type=int, default=50)
     p.add_argument("--split", default="val")
     p.add_argument("--batch", type=int, default=25)
@@ -115,6 +118,12 @@ def main() -> None:
         if nets[0].encoder is not None and nets[0].encoder.shape_head is not None:
             regressed = nets[0].encoder.predict_shape(nets[0].encoder(batch["image"])[0])
             rows.append(("regressor (no diffusion)", *scores(regressed, truth), 0, 0.0))
+        for path in args.regressors:
+            encoder, record = load_regressor(path, torch.device("cpu"))
+            if record["normalization"] != data.normalization_info():
+                raise SystemExit(f"error: {path} was trained in another frame than {args.run}")
+            regressed = encoder.predict_shape(encoder(batch["image"])[0])
+            rows.append((f"alone: {Path(path).name}", *scores(regressed, truth), 0, 0.0))
         for text in args.settings:
             sampler, steps, guidance, t_start = parse_setting(text)
             diffusion = dataclasses.replace(cfg.diffusion, sampler=sampler, sampling_steps=steps, guidance_scale=guidance,
