@@ -41,6 +41,7 @@ class RegressorConfig:
     widths: tuple[int, ...] = (16, 32, 64, 128)  # the encoder: the quickstart's (network preset cpu-2048)
     dim: int = 128
     blocks: int = 1
+    pool_grid: int = 1
     shape_points: int = 256
     emd: float = 0.0  # weight of the EMD term beside Chamfer (pvd.training.shape_head_loss); the PVD run's shape_emd
     batch_size: int = 32
@@ -54,14 +55,15 @@ class RegressorConfig:
     log_every: int = 100
 
     def encoder(self) -> EncoderConfig:
-        return EncoderConfig(widths=tuple(self.widths), blocks=self.blocks, dim=self.dim, shape_points=self.shape_points)
+        return EncoderConfig(widths=tuple(self.widths), blocks=self.blocks, dim=self.dim, shape_points=self.shape_points,
+                             pool_grid=self.pool_grid)
 
 
 def check(cfg: RegressorConfig) -> None:
     if cfg.emd < 0:
         raise UserError("emd must be >= 0")
-    if min(cfg.shape_points, cfg.dim, cfg.blocks, *cfg.widths) < 1:
-        raise UserError("shape_points, dim, blocks and widths must be at least 1")
+    if min(cfg.shape_points, cfg.dim, cfg.blocks, cfg.pool_grid, *cfg.widths) < 1:
+        raise UserError("shape_points, dim, blocks, pool_grid and widths must be at least 1")
     if min(cfg.batch_size, cfg.max_steps, cfg.log_every) < 1 or cfg.lr <= 0:
         raise UserError("batch_size, max_steps and log_every must be at least 1 and lr positive")
     if not cfg.data.images:

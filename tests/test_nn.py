@@ -322,6 +322,24 @@ def test_image_encoder_returns_vector_and_tokens():
     assert vec.shape == (2, 24) and tokens.shape == (2, 64, 24)
 
 
+@pytest.mark.parametrize("pool_grid", [1, 2, 4])
+def test_image_encoder_vector_reads_the_grid_pooled_to_pool_grid_cells(pool_grid):
+    # Naive reference: the 8x8 feature grid averaged over (8/g)x(8/g) blocks, flattened channel-major.
+    torch.manual_seed(0)
+    enc = ImageEncoder(EncoderConfig(widths=(8, 16, 32), blocks=1, dim=24, pool_grid=pool_grid)).eval()
+    images = torch.randint(0, 256, (2, 4, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        vec, _ = enc(images)
+        h = torch.nn.functional.silu(enc.norm(enc.stages(enc.stem(images.float() / 255 * 2 - 1))))  # (2, 32, 8, 8)
+        k = 8 // pool_grid
+        blocks = h.reshape(2, 32, pool_grid, k, pool_grid, k).mean(dim=(3, 5))
+        expected = enc.vector(blocks.reshape(2, -1))
+    torch.testing.assert_close(vec, expected, rtol=1e-5, atol=1e-6)
+    assert enc.vector[0].in_features == 32 * pool_grid**2
+    with pytest.raises(ValueError, match="pool_grid"):
+        ImageEncoder(EncoderConfig(widths=(8,), pool_grid=0))
+
+
 # ---- the condition type ----
 
 

@@ -19,6 +19,10 @@ class EncoderConfig:
     # vector (0: none). Trained with a Chamfer loss (TrainConfig.shape_loss), it hands the
     # encoder a direct 3D signal instead of only the denoiser's gradient through the condition.
     shape_points: int = 0
+    # The global vector reads the feature grid average-pooled to pool_grid x pool_grid cells,
+    # flattened (1: global mean pooling). Mean pooling keeps what is in the image but not where:
+    # a regressor from it returns about the category's mean shape (the measurement log).
+    pool_grid: int = 1
 
 
 class _ResBlock(nn.Module):
@@ -53,7 +57,10 @@ class ImageEncoder(nn.Module):
         self.stages = nn.Sequential(*layers)
         self.norm = nn.GroupNorm(min(8, w[-1]), w[-1])
         self.tokens = nn.Linear(w[-1], config.dim)
-        self.vector = nn.Sequential(nn.Linear(w[-1], config.dim), nn.SiLU(), nn.Linear(config.dim, config.dim))
+        if config.pool_grid < 1:
+            raise ValueError(f"pool_grid must be at least 1, got {config.pool_grid}")
+        self.vector = nn.Sequential(nn.Linear(w[-1] * config.pool_grid ** 2, config.dim), nn.SiLU(),
+                                    nn.Linear(config.dim, config.dim))
         self.shape_head = None
         if config.shape_points:
             self.shape_head = nn.Sequential(nn.Linear(config.dim, config.dim), nn.SiLU(),
@@ -66,7 +73,9 @@ class ImageEncoder(nn.Module):
         x = images.to(dtype) / 255.0 if not images.is_floating_point() else images.to(dtype)
         h = F.silu(self.norm(self.stages(self.stem(x * 2 - 1))))
         grid = h.flatten(2).transpose(1, 2)  # (B, T, C)
-        return self.vector(grid.mean(dim=1)), self.tokens(grid)
+        g = self.config.pool_grid
+        pooled = grid.mean(dim=1) if g == 1 else F.adaptive_avg_pool2d(h, g).flatten(1)  # (B, C g^2)
+        return self.vector(pooled), self.tokens(grid)
 
     def predict_shape(self, vector: Tensor) -> Tensor:
         """The auxiliary head: global vector (B, dim) -> coarse cloud (B, shape_points, 3)."""
