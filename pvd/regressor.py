@@ -41,9 +41,9 @@ class RegressorConfig:
     widths: tuple[int, ...] = (16, 32, 64, 128)  # the encoder: the quickstart's (network preset cpu-2048)
     dim: int = 128
     blocks: int = 1
-    pool_grid: int = 1
+    pool_grid: int = 4
     shape_points: int = 256
-    emd: float = 0.0  # weight of the EMD term beside Chamfer (pvd.training.shape_head_loss); the PVD run's shape_emd
+    emd: float = 1.0  # weight of the EMD term beside Chamfer (pvd.training.shape_head_loss); the PVD run's shape_emd
     batch_size: int = 32
     max_steps: int = 2000
     lr: float = 1e-3
@@ -118,7 +118,8 @@ def load_regressor(path: str | Path, device: torch.device) -> tuple[ImageEncoder
     record = ckpt.get("run")
     if not isinstance(record, dict) or RECORD_KEY not in record or "encoder" not in ckpt:
         raise UserError(f"{path}: not a stand-alone regressor run (python -m pvd.regressor)")
-    cfg = from_dict(RegressorConfig, record[RECORD_KEY])
+    # Records from before these options trained a mean-pooled encoder on Chamfer alone.
+    cfg = from_dict(RegressorConfig, {"pool_grid": 1, "emd": 0.0, **record[RECORD_KEY]})
     encoder = ImageEncoder(cfg.encoder())
     encoder.load_state_dict(ckpt["encoder"])
     return encoder.to(device).eval(), record

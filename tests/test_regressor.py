@@ -1,6 +1,7 @@
 """pvd.regressor: the stand-alone encoder behind the independent retrieval and regressor rows."""
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -16,10 +17,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 TINY = ["data.num_points=128", "widths=8,16", "dim=16", "blocks=1", "shape_points=16", "batch_size=4", "lr=3e-3"]
 
 
-def test_default_encoder_is_the_quickstarts():
+def test_default_encoder_and_loss_are_the_quickstarts():
     quick = train_preset("quickstart")
     expected = dataclasses.replace(preset(quick.model).encoder, shape_points=quick.shape_points)
     assert regressor.RegressorConfig().encoder() == expected
+    assert regressor.RegressorConfig().emd == quick.shape_emd
 
 
 def test_trains_loads_and_regresses_closer_than_at_the_start(pipeline_data, tmp_path):
@@ -49,3 +51,16 @@ def test_bad_input_is_a_user_error(pipeline_data, tmp_path):
     checkpoint.save(tmp_path / "other", 1, {"run": "{}"}, keep=1)
     with pytest.raises(UserError, match="not a stand-alone regressor"):
         regressor.load_regressor(tmp_path / "other", torch.device("cpu"))
+
+
+def test_records_from_before_pool_grid_load_as_mean_pooled(tmp_path):
+    from pvd import checkpoint
+    from pvd.config import to_dict
+    old = to_dict(regressor.RegressorConfig(widths=(8, 16), dim=16, blocks=1, shape_points=16, pool_grid=1))
+    del old["pool_grid"], old["emd"]
+    encoder = regressor.ImageEncoder(regressor.RegressorConfig(widths=(8, 16), dim=16, blocks=1, shape_points=16,
+                                                               pool_grid=1).encoder())
+    checkpoint.save(tmp_path / "old", 1, {"run": json.dumps({regressor.RECORD_KEY: old}), "encoder": encoder.state_dict()},
+                    keep=1)
+    loaded, _ = regressor.load_regressor(tmp_path / "old", torch.device("cpu"))
+    assert loaded.config.pool_grid == 1
