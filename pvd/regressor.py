@@ -1,10 +1,10 @@
 """An image encoder trained alone, for the baselines that must not depend on a PVD run.
 
 The encoder of the PVD run's network (the same architecture) with its shape head, trained only
-on the Chamfer distance between the head's cloud and the training shape. Two baselines come from
-it: retrieval in its embedding (an encoder trained for retrieval alone, so a weak PVD encoder
-cannot lower the retrieval bar) and its cloud itself (the image-to-cloud regressor without any
-diffusion). Training counts in the benchmark's budget (``bench.py train``, step ``regressor``).
+on the head's loss against the training shape (Chamfer + EMD, as the PVD run's head). Two
+baselines come from it: retrieval in its embedding (an encoder trained for retrieval alone, so a
+weak PVD encoder cannot lower the retrieval bar) and its cloud itself (the image-to-cloud
+regressor without any diffusion). Training counts in the benchmark's budget (``bench.py train``, step ``regressor``).
 
     python -m pvd.regressor data=data/synth.h5 run_dir=runs/bench/regressor
     encoder, record = load_regressor("runs/bench/regressor", torch.device("cpu"))
@@ -73,7 +73,7 @@ def check(cfg: RegressorConfig) -> None:
 
 
 def train(cfg: RegressorConfig) -> Path:
-    """Train the encoder and its head on Chamfer distance; returns the checkpoint's path."""
+    """Train the encoder and its head on the shape head's loss; returns the checkpoint's path."""
     check(cfg)
     run_dir = Path(cfg.run_dir)
     if checkpoint.list_checkpoints(run_dir):
@@ -106,7 +106,7 @@ def train(cfg: RegressorConfig) -> Path:
         ema_update(average, encoder, step, cfg.ema_decay)
         window.append(loss.item())
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.max_steps:
-            tqdm.write(f"step {step + 1}/{cfg.max_steps} Chamfer {sum(window) / len(window):.4f} "
+            tqdm.write(f"step {step + 1}/{cfg.max_steps} loss {sum(window) / len(window):.4f} "
                        f"({time.perf_counter() - tic:.0f} s)")
             window = []
     return checkpoint.save(run_dir, cfg.max_steps, {"run": json.dumps(record), "encoder": average.state_dict()}, keep=1)

@@ -1,9 +1,9 @@
 """What both training loops share: train.py (the denoiser) and pvd.sds.train_prior (the view prior).
 
 Seeds derived from (seed, step, index) keys, the learning-rate factors, the EMA update and the
-loss of the image encoder's shape head. The
-schedule is a pure function of the step rather than a ``torch.optim.lr_scheduler``: a resumed run
-then needs no scheduler state and repeats the uninterrupted run bit for bit.
+loss of the image encoder's shape head (also used by pvd.regressor). The schedule is a pure
+function of the step rather than a ``torch.optim.lr_scheduler``: a resumed run then needs no
+scheduler state and repeats the uninterrupted run bit for bit.
 """
 
 from __future__ import annotations

@@ -305,7 +305,7 @@ def _cpu_2048() -> UNetConfig:
     # A CPU training step (batch 32, 2048 points) costs 1.2x cpu-512's (tests/benchmarks/unet_speed.py
     # --presets cpu-512 cpu-2048 --batch 32; the measurement log has the numbers).
     # Its encoder's vector reads a 4x4 grid of the features instead of their mean: where parts are
-    # in the image (the stand-alone regressor's val CD 84 -> 46 x 1e-3, the measurement log).
+    # in the image (the stand-alone regressor's val CD 90 -> 49 x 1e-3, the measurement log).
     q = _cpu_512()
     return dataclasses.replace(
         q,
