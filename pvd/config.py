@@ -149,7 +149,7 @@ def _tiny() -> TrainConfig:
         data=DatasetConfig(path="data/synth.h5", num_points=128),
         optim=OptimConfig(lr=1e-3, betas=(0.9, 0.999), schedule="constant", ema_decay=0.9),
         model="tiny", condition="image+category", batch_size=4, epochs=1, max_steps=8, run_dir="runs/tiny",
-        log_every=2, ckpt_every=4, val_every=0, val_shapes=2, val_steps=5,
+        log_every=2, ckpt_every=4, val_every=0, val_shapes=2, val_sampler="ddim", val_steps=5,
     )
 
 
