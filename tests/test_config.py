@@ -156,3 +156,15 @@ def test_quickstart_is_the_recommended_model_cut_short():
     assert {k for k in full["optim"] if quick["optim"][k] != full["optim"][k]} == {"ema_decay"}
     assert quick["max_steps"] < full["max_steps"] and quick["data"]["num_points"] == 2048
     assert full["diffusion"]["hierarchy"] is not None and full["shape_input"]
+
+
+def test_ddim_steps_must_fit_the_hierarchy_start_at_check_time():
+    # quickstart samples from t_start = 0.03 T: 31 integer timesteps (0..30) for DDIM to visit.
+    quick = train_preset("quickstart")
+    check(quick)
+    check(apply_overrides(quick, ["diffusion.sampling_steps=31"]))
+    for override in ("diffusion.sampling_steps=32", "val_steps=40", "val_sampler=ddim"):  # the last: DDIM's default 50
+        with pytest.raises(UserError, match="31 timesteps"):
+            check(apply_overrides(quick, [override]))
+    check(apply_overrides(quick, ["val_sampler=dpm++2m", "val_steps=40"]))  # fractional timesteps: no such limit
+    check(apply_overrides(quick, ["val_steps=40", "val_every=0"]))  # no validation, nothing to sample
