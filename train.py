@@ -228,8 +228,9 @@ class Log:
 @torch.no_grad()
 def validate(cfg: TrainConfig, nets: list[PVDUNet], val: ShapeDataset, step: int, run_dir: Path,
              device: torch.device) -> dict[str, float]:
-    """Sample the first ``val_shapes`` val shapes with the run's sampler (or val_sampler); Chamfer distance and F-score
-    to their ground truth (normalised frame) and a PNG grid: input view | ground truth | sample."""
+    """Sample the first ``val_shapes`` val shapes with the run's sampler (or val_sampler); Chamfer
+    distance and F-score to their ground truth (normalised frame) and a PNG grid: input view |
+    ground truth | sample."""
     count = min(cfg.val_shapes, len(val))
     items = [val[i] for i in range(count)]
     batch = torch.utils.data.default_collate(items)

@@ -55,10 +55,10 @@ def test_bad_input_is_a_user_error(pipeline_data, tmp_path):
 def test_records_from_before_pool_grid_load_as_mean_pooled(tmp_path):
     from pvd import checkpoint
     from pvd.config import to_dict
-    old = to_dict(regressor.RegressorConfig(widths=(8, 16), dim=16, blocks=1, shape_points=16, pool_grid=1))
+    cfg = regressor.RegressorConfig(widths=(8, 16), dim=16, blocks=1, shape_points=16, pool_grid=1)
+    old = to_dict(cfg)
     del old["pool_grid"], old["emd"]
-    encoder = regressor.ImageEncoder(regressor.RegressorConfig(widths=(8, 16), dim=16, blocks=1, shape_points=16,
-                                                               pool_grid=1).encoder())
+    encoder = regressor.ImageEncoder(cfg.encoder())
     checkpoint.save(tmp_path / "old", 1, {"run": json.dumps({regressor.RECORD_KEY: old}), "encoder": encoder.state_dict()},
                     keep=1)
     loaded, _ = regressor.load_regressor(tmp_path / "old", torch.device("cpu"))

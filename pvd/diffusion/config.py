@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pvd.diffusion.cascade import CascadeConfig, Stage
 from pvd.diffusion.gaussian import MEAN_TYPES, VAR_TYPES, GaussianDiffusion
 from pvd.diffusion.hierarchy import HierarchyConfig
-from pvd.diffusion.samplers import SAMPLERS, ddim_sample, dpm_solver_pp_sample, heun_sample
+from pvd.diffusion.samplers import SAMPLERS, ddim_sample, ddim_timesteps, dpm_solver_pp_sample, heun_sample
 from pvd.diffusion.schedules import SCHEDULES, make_betas
 from pvd.errors import UserError
 
@@ -78,12 +78,14 @@ def _check(cfg: DiffusionConfig) -> None:
         raise UserError(f"min_snr_gamma must be positive, got {cfg.min_snr_gamma}")
     if cfg.hierarchy is not None:
         HierarchyConfig(**dataclasses.asdict(cfg.hierarchy))  # its own checks again: overrides set fields one by one
-        # DDIM steps on integer timesteps: from t_start there are only t_start + 1 of them.
-        _, t_start = cfg.hierarchy.steps(cfg.num_steps)
-        steps = cfg.sampling_steps or _DEFAULT_STEPS[ddim_sample]
-        if cfg.sampler == "ddim" and steps > t_start + 1:
-            raise UserError(f"ddim from hierarchy.t_start={cfg.hierarchy.t_start or cfg.hierarchy.t_max} (timestep {t_start}) "
-                            f"has {t_start + 1} timesteps to visit; {steps} sampling steps are more")
+        if cfg.sampler == "ddim":  # DDIM steps on integer timesteps: from t_start only t_start + 1 of them
+            _, t_start = cfg.hierarchy.steps(cfg.num_steps)
+            steps = cfg.sampling_steps or _DEFAULT_STEPS[ddim_sample]
+            try:
+                ddim_timesteps(cfg.num_steps, steps, t_start)
+            except ValueError:
+                raise UserError(f"ddim from hierarchy.t_start={cfg.hierarchy.t_start or cfg.hierarchy.t_max} (timestep "
+                                f"{t_start}) has {t_start + 1} timesteps to visit; {steps} sampling steps are more") from None
 
 
 def make_diffusion(cfg: DiffusionConfig, logsnr_shift: float | None = None) -> GaussianDiffusion:

@@ -73,8 +73,7 @@ class ImageEncoder(nn.Module):
         x = images.to(dtype) / 255.0 if not images.is_floating_point() else images.to(dtype)
         h = F.silu(self.norm(self.stages(self.stem(x * 2 - 1))))
         grid = h.flatten(2).transpose(1, 2)  # (B, T, C)
-        g = self.config.pool_grid
-        pooled = grid.mean(dim=1) if g == 1 else F.adaptive_avg_pool2d(h, g).flatten(1)  # (B, C g^2)
+        pooled = F.adaptive_avg_pool2d(h, self.config.pool_grid).flatten(1)  # (B, C g^2); g = 1: the mean
         return self.vector(pooled), self.tokens(grid)
 
     def predict_shape(self, vector: Tensor) -> Tensor:

@@ -118,10 +118,11 @@ def main() -> None:
         if nets[0].encoder is not None and nets[0].encoder.shape_head is not None:
             regressed = nets[0].encoder.predict_shape(nets[0].encoder(batch["image"])[0])
             rows.append(("regressor (no diffusion)", *scores(regressed, truth), 0, 0.0))
+        frame = data.normalization_info()
         for path in args.regressors:
             encoder, record = load_regressor(path, torch.device("cpu"))
-            frame = ("normalization", "mean", "std", "categories")  # "split" names the split that asked
-            if any(record["normalization"].get(k) != data.normalization_info().get(k) for k in frame):
+            # "split" names the split that asked for the statistics; the frame is the rest
+            if any(record["normalization"].get(k) != frame.get(k) for k in ("normalization", "mean", "std", "categories")):
                 raise SystemExit(f"error: {path} was trained in another frame than {args.run}")
             regressed = encoder.predict_shape(encoder(batch["image"])[0])
             rows.append((f"alone: {Path(path).name}", *scores(regressed, truth), 0, 0.0))
