@@ -112,6 +112,7 @@ def train(cfg: RegressorConfig) -> Path:
             tqdm.write(f"step {step + 1}/{cfg.max_steps} loss {sum(window) / len(window):.4f} "
                        f"({time.perf_counter() - tic:.0f} s)")
             window = []
+    record["train_seconds"] = time.perf_counter() - tic  # its cost, for comparisons at equal training time
     return checkpoint.save(run_dir, cfg.max_steps, {"run": json.dumps(record), "encoder": average.state_dict()}, keep=1)
 
 

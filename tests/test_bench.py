@@ -215,7 +215,7 @@ def test_train_mode_commands_resolve_to_the_intended_configs(models, tmp_path):
     cli = bench.build_train_parser().parse_args(["--data", models["data"], "--out", str(tmp_path / "runs")])
     steps = {step.name: step.command for step in training.train_steps(cli)}
     pvd = train.parse_config(steps["pvd"][2:])
-    assert (pvd.model, pvd.data.num_points, pvd.diffusion.hierarchy.t_max) == ("cpu-2048", 2048, 0.5)
+    assert (pvd.model, pvd.data.num_points, pvd.diffusion.hierarchy.t_max) == ("cpu-2048", 2048, 0.1)
     assert pvd.run_dir == str(tmp_path / "runs" / "pvd") and pvd.data.path == models["data"]
     prior = parse_prior(steps["sds"][3:])
     assert prior.run_dir == str(tmp_path / "runs" / "sds-prior") and prior.data == models["data"]

@@ -569,7 +569,7 @@ def test_shapenet_image_preset_trains_and_samples_on_a_fabricated_tree(r2n2_tree
                        "workers=0", "val_every=1", "val_shapes=2", "val_steps=2"]) == 0
     ckpt = checkpoint.load(run)
     assert ckpt["run"]["train"]["model"] == "pvd-paper-cond" and ckpt["run"]["dataset"]["num_points"] == 2048
-    assert ckpt["run"]["train"]["diffusion"]["hierarchy"]["t_max"] == 0.5
+    assert ckpt["run"]["train"]["diffusion"]["hierarchy"]["t_max"] == 0.1
     assert (run / "val" / "step-00000001.png").is_file()
     _, r2n2, models = r2n2_tree
     mid = next(m for m, (_, split, _) in models.items() if split == "test")

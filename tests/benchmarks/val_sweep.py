@@ -13,7 +13,9 @@ from their fixed evaluation view with the same seed. Scores are in the run's nor
 Chamfer distance (squared, x 1e-3) and F-score at 1% of each truth's bounding-box diagonal,
 against the split's evaluation points (PVD's slice), as train.py's validation scores them.
 The regressor row is the encoder's shape head alone (no diffusion), when the run has one;
-``--regressors RUN ...`` adds a row for each stand-alone regressor (``python -m pvd.regressor``).
+``--regressors RUN ...`` adds a row for each stand-alone regressor (``python -m pvd.regressor``)
+and one for retrieval with its encoder (the training shape whose view embeds nearest, its
+points moved into the run's frame), the bars the generator has to clear.
 Network passes per shape are counted (a guided step is two). The test split is never the place for this.
 """
 
@@ -37,6 +39,7 @@ from pvd.diffusion.hierarchy import HierarchyConfig, with_t_start  # noqa: E402
 from pvd.metrics import chamfer_distance, f_score  # noqa: E402
 from pvd.metrics.bootstrap import paired_bootstrap_ci  # noqa: E402
 from pvd.regressor import load_regressor  # noqa: E402
+from pvd.retrieval import embedding_bank, encode_images, retrieve  # noqa: E402
 
 
 def parse_setting(text: str) -> tuple[str, int, float, float | None]:
@@ -52,6 +55,16 @@ def scores(samples: torch.Tensor, truth: torch.Tensor) -> tuple[np.ndarray, np.n
     cd = chamfer_distance(samples, truth).numpy() * 1e3
     f1 = np.array([float(f_score(s[None], g[None], 0.01 * float(d))[0]) for s, g, d in zip(samples, truth, diagonal)])
     return cd, f1
+
+
+def matmul_rate() -> float:
+    """This machine's fp32 2048^2 matmul rate in GFLOP/s, to print beside any time."""
+    a = torch.randn(2048, 2048)
+    a @ a
+    tic = time.perf_counter()
+    for _ in range(5):
+        a @ a
+    return 5 * 2 * 2048 ** 3 / (time.perf_counter() - tic) / 1e9
 
 
 def read_saved_row(spec: str) -> tuple[np.ndarray, np.ndarray]:
@@ -76,11 +89,48 @@ class Passes:
         return self.net(x, t, cond)
 
 
+def sample_setting(cfg, nets, images: torch.Tensor, text: str, batch: int, seed: int) -> tuple[torch.Tensor, float, float]:
+    """Samples (B, N, 3) of ``images`` (B, 4, H, W) at setting ``text``, network passes per shape, seconds."""
+    sampler, steps, guidance, t_start = parse_setting(text)
+    diffusion = dataclasses.replace(cfg.diffusion, sampler=sampler, sampling_steps=steps, guidance_scale=guidance,
+                                    hierarchy=with_t_start(cfg.diffusion.hierarchy, t_start))
+    stages = build(diffusion, cfg.data.num_points)
+    gen = torch.Generator().manual_seed(seed)
+    counted = [Passes(net) for net in nets]
+    parts, tic = [], time.perf_counter()
+    for s in range(0, len(images), batch):
+        conds = [net.condition(images=images[s : s + batch]) for net in nets]
+        parts.append(sample_stages(stages, counted, conds, len(conds[0].image), generator=gen))
+    return torch.cat(parts), sum(c.clouds for c in counted) / len(images), time.perf_counter() - tic
+
+
+def regressor_rows(path: str, data: ShapeDataset, batch: dict, cache_dir: str | None = None) -> list[tuple]:
+    """Rows (name, CD, F@1%, 0, 0) of a stand-alone regressor and of retrieval with its encoder,
+    scored in ``data``'s frame against ``batch["points"]``."""
+    encoder, record = load_regressor(path, torch.device("cpu"))
+    frame = data.normalization_info()
+    # "split" names the split that asked for the statistics; the frame is the rest
+    if any(record["normalization"].get(k) != frame.get(k) for k in ("normalization", "mean", "std", "categories")):
+        raise SystemExit(f"error: {path} was trained in another frame than the run")
+    truth, name = batch["points"], Path(path).name
+    regressed = encoder.predict_shape(encoder(batch["image"])[0])
+    cache = None if cache_dir is None else Path(cache_dir) / f"bank-{name}.npz"
+    bank = embedding_bank(encoder, data.config.path, "train", cache=cache)
+    info = data.info
+    answer = retrieve(encode_images(encoder, batch["image"]), bank, data.config.path, start=info.num_train_points,
+                      count=data.config.num_points)
+    retrieved = (torch.from_numpy(answer.clouds).float() - batch["shift"][:, None]) / batch["scale"][:, None, None]
+    return [(f"alone: {name}", *scores(regressed, truth), 0, 0.0),
+            (f"retrieval: {name}", *scores(retrieved, truth), 0, 0.0)]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("run")
     p.add_argument("--settings", nargs="*", default=[])
-    p.add_argument("--regressors", nargs="*", default=[], help="stand-alone regressor runs to score beside the run")
+    p.add_argument("--regressors", nargs="*", default=[],
+                   help="stand-alone regressor runs to score beside the run, each also as retrieval's encoder")
+    p.add_argument("--cache", default="outputs/val_sweep", help="where retrieval's embedded training views are kept")
     p.add_argument("--num", type=int, default=50)
     p.add_argument("--split", default="val")
     p.add_argument("--batch", type=int, default=25)
@@ -105,11 +155,7 @@ def main() -> None:
     count = min(args.num, len(data))
     batch = torch.utils.data.default_collate([data[i] for i in range(count)])
     truth = batch["points"]
-    a = torch.randn(2048, 2048)
-    tic = time.perf_counter()
-    for _ in range(5):
-        a @ a
-    rate = 5 * 2 * 2048 ** 3 / (time.perf_counter() - tic) / 1e9
+    rate = matmul_rate()
     print(f"{args.run} (step {run['step']}), {count} {args.split} shapes, {cfg.data.num_points} points; "
           f"fp32 matmul {rate:.0f} GFLOP/s, {torch.get_num_threads()} threads")
 
@@ -118,30 +164,13 @@ def main() -> None:
         if nets[0].encoder is not None and nets[0].encoder.shape_head is not None:
             regressed = nets[0].encoder.predict_shape(nets[0].encoder(batch["image"])[0])
             rows.append(("regressor (no diffusion)", *scores(regressed, truth), 0, 0.0))
-        frame = data.normalization_info()
         for path in args.regressors:
-            encoder, record = load_regressor(path, torch.device("cpu"))
-            # "split" names the split that asked for the statistics; the frame is the rest
-            if any(record["normalization"].get(k) != frame.get(k) for k in ("normalization", "mean", "std", "categories")):
-                raise SystemExit(f"error: {path} was trained in another frame than {args.run}")
-            regressed = encoder.predict_shape(encoder(batch["image"])[0])
-            rows.append((f"alone: {Path(path).name}", *scores(regressed, truth), 0, 0.0))
+            rows += regressor_rows(path, data, batch, args.cache)
         for text in args.settings:
-            sampler, steps, guidance, t_start = parse_setting(text)
-            diffusion = dataclasses.replace(cfg.diffusion, sampler=sampler, sampling_steps=steps, guidance_scale=guidance,
-                                            hierarchy=with_t_start(cfg.diffusion.hierarchy, t_start))
-            stages = build(diffusion, cfg.data.num_points)
-            gen = torch.Generator().manual_seed(args.seed)
-            counted = [Passes(net) for net in nets]
-            parts, tic = [], time.perf_counter()
-            for s in range(0, count, args.batch):
-                conds = [net.condition(images=batch["image"][s : s + args.batch]) for net in nets]
-                parts.append(sample_stages(stages, counted, conds, len(conds[0].image), generator=gen))
-            seconds = time.perf_counter() - tic
-            passes = sum(c.clouds for c in counted) / count
-            rows.append((text, *scores(torch.cat(parts), truth), passes, seconds))
+            samples, passes, seconds = sample_setting(cfg, nets, batch["image"], text, args.batch, args.seed)
+            rows.append((text, *scores(samples, truth), passes, seconds))
 
-    base_cd, base_f1 = rows[1 if rows[0][0].startswith("regressor") else 0][1:3]
+    base_cd, base_f1 = next((r for r in rows if r[0] in args.settings), rows[0])[1:3]
     if against is not None:
         base_cd, base_f1 = against
         if len(base_cd) != count:
