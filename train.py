@@ -299,6 +299,24 @@ def load_weights(source: str, nets: list[PVDUNet], networks: list[UNetConfig]) -
         net.load_state_dict(state)
 
 
+def load_encoder(source: str, nets: list[PVDUNet], frame: dict[str, Any]) -> dict[str, Any]:
+    """init_encoder: start every network's image encoder from a stand-alone regressor's (its
+    weight average), which must have the same encoder and have been trained in the same frame.
+    Returns what the run record keeps of it (its path and training seconds, part of the cost)."""
+    from pvd.regressor import load_regressor
+
+    encoder, record = load_regressor(source, torch.device("cpu"))
+    if any(record["normalization"].get(k) != frame.get(k) for k in ("normalization", "mean", "std", "categories")):
+        raise UserError(f"init_encoder={source}: the regressor was trained in another frame (data, categories or "
+                        f"normalisation) than this run")
+    for net in nets:
+        if net.encoder.config != encoder.config:
+            raise UserError(f"init_encoder={source}: its encoder {encoder.config} differs from this run's "
+                            f"{net.encoder.config} (model preset, shape_points, shape_loss)")
+        net.encoder.load_state_dict(encoder.state_dict())
+    return {"path": str(source), "train_seconds": record.get("train_seconds")}
+
+
 def checkpoint_payload(record: dict[str, Any], nets, ema, optimizer, epoch: int) -> dict[str, Any]:
     return {"run": json.dumps(record), "epoch": epoch, "models": [n.state_dict() for n in nets],
             "ema": [n.state_dict() for n in ema] if ema is not None else None, "optimizer": optimizer.state_dict()}
@@ -346,6 +364,8 @@ def train(cfg: TrainConfig) -> int:
     record = run_record(cfg, networks, train_set)
     if cfg.init_from:
         load_weights(cfg.init_from, nets, networks)
+    if cfg.init_encoder:  # on resume too, for the record; the checkpoint then replaces the weights
+        record["init_encoder"] = load_encoder(cfg.init_encoder, nets, train_set.normalization_info())
     objective = Objective(nets, stages, cfg)
     optim_cls = torch.optim.AdamW if cfg.optim.name == "adamw" else torch.optim.Adam
     optimizer = optim_cls(objective.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,

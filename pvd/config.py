@@ -74,6 +74,9 @@ class TrainConfig:
     run_dir: str = "runs/quickstart"
     resume: bool = False  # continue the run in run_dir from its last checkpoint
     init_from: str | None = None  # a run dir or checkpoint whose model weights start this run (fine-tuning)
+    # A stand-alone regressor run (python -m pvd.regressor) whose encoder and shape head start this
+    # run's image encoder: stage 0 pretrained; its training time is part of this model's cost.
+    init_encoder: str | None = None
     log_every: int = 50  # steps between status lines / stats.jsonl records
     ckpt_every: int = 500  # steps between checkpoints (and one at the end)
     keep: int = 3  # checkpoints kept
@@ -215,6 +218,8 @@ def check(cfg: TrainConfig) -> None:
         build(validation_diffusion(cfg), cfg.data.num_points)
     if cfg.resume and cfg.init_from:
         raise UserError("resume continues this run; init_from starts a new one from another run's weights: choose one")
+    if cfg.init_encoder and (cfg.init_from or "image" not in cfg.condition):
+        raise UserError("init_encoder starts the image encoder of a new run: it needs image conditioning and no init_from")
 
 
 def validation_diffusion(cfg: TrainConfig) -> DiffusionConfig:

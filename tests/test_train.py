@@ -175,6 +175,28 @@ def test_init_from_copies_weights_and_refuses_a_different_network(data, referenc
         train.main(args(data, tmp_path / "x", f"init_from={reference}", "dropout=0.0"))
 
 
+def test_init_encoder_starts_from_a_stand_alone_regressor_and_records_its_cost(data, tmp_path):
+    from pvd import regressor
+    reg = tmp_path / "reg"
+    assert regressor.main([f"data.path={data}", f"run_dir={reg}", "max_steps=3", "data.num_points=128", "widths=8,16",
+                           "dim=16", "blocks=1", "pool_grid=1", "shape_points=8", "batch_size=4"]) == 0
+    trained, _ = regressor.load_regressor(reg, torch.device("cpu"))
+    run = tmp_path / "run"
+    shaped = ["shape_loss=1.0", "shape_points=8", "condition=image"]
+    assert train.main(args(data, run, *shaped, f"init_encoder={reg}", "max_steps=1", "optim.lr=1e-7")) == 0
+    after = weights(run)[0]
+    # One Adam step of lr 1e-7 moves each weight by about 1e-7: the encoder is the regressor's.
+    for name, value in trained.state_dict().items():
+        assert (after[f"encoder.{name}"] - value).abs().max() < 1e-5, name
+    record = json.loads((run / "config.json").read_text())["init_encoder"]
+    assert record["path"] == str(reg) and record["train_seconds"] > 0
+    with pytest.raises(UserError, match="differs from this run"):
+        train.main(args(data, tmp_path / "x", "shape_loss=1.0", "shape_points=16", "condition=image",
+                        f"init_encoder={reg}"))
+    with pytest.raises(UserError, match="needs image conditioning"):
+        train.main(args(data, tmp_path / "y", "condition=category", f"init_encoder={reg}"))
+
+
 def test_refuses_to_overwrite_a_run_and_to_change_a_resumed_config(data, reference, tmp_path):
     with pytest.raises(UserError, match="already holds a run"):
         train.main(args(data, reference))
