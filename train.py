@@ -317,6 +317,26 @@ def load_encoder(source: str, nets: list[PVDUNet], frame: dict[str, Any]) -> dic
     return {"path": str(source), "train_seconds": record.get("train_seconds")}
 
 
+def pretrain_encoder(cfg: TrainConfig, network: UNetConfig, run_dir: Path, main_process: bool) -> Path:
+    """encoder_pretrain: the stand-alone regressor of this run's encoder, trained into
+    run_dir/encoder by the main process (kept across resumes); the global RNG is left as it was,
+    so a run is the same whether the regressor was trained now or found."""
+    from pvd.regressor import RegressorConfig
+    from pvd.regressor import train as train_regressor
+
+    folder = run_dir / "encoder"
+    if main_process and not checkpoint.list_checkpoints(folder):
+        enc = network.encoder
+        reg = RegressorConfig(data=cfg.data, widths=enc.widths, dim=enc.dim, blocks=enc.blocks, pool_grid=enc.pool_grid,
+                              shape_points=cfg.shape_points, emd=cfg.shape_emd, batch_size=cfg.batch_size,
+                              max_steps=cfg.encoder_pretrain, seed=cfg.seed, run_dir=str(folder))
+        with torch.random.fork_rng(devices=[]):
+            train_regressor(reg)
+    if dist.is_initialized():
+        dist.barrier()
+    return folder
+
+
 def checkpoint_payload(record: dict[str, Any], nets, ema, optimizer, epoch: int) -> dict[str, Any]:
     return {"run": json.dumps(record), "epoch": epoch, "models": [n.state_dict() for n in nets],
             "ema": [n.state_dict() for n in ema] if ema is not None else None, "optimizer": optimizer.state_dict()}
@@ -364,8 +384,9 @@ def train(cfg: TrainConfig) -> int:
     record = run_record(cfg, networks, train_set)
     if cfg.init_from:
         load_weights(cfg.init_from, nets, networks)
-    if cfg.init_encoder:  # on resume too, for the record; the checkpoint then replaces the weights
-        record["init_encoder"] = load_encoder(cfg.init_encoder, nets, train_set.normalization_info())
+    source = pretrain_encoder(cfg, networks[0], run_dir, main_process) if cfg.encoder_pretrain else cfg.init_encoder
+    if source:  # on resume too, for the record; the checkpoint then replaces the weights
+        record["init_encoder"] = load_encoder(source, nets, train_set.normalization_info())
     objective = Objective(nets, stages, cfg)
     optim_cls = torch.optim.AdamW if cfg.optim.name == "adamw" else torch.optim.Adam
     optimizer = optim_cls(objective.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,

@@ -77,6 +77,10 @@ class TrainConfig:
     # A stand-alone regressor run (python -m pvd.regressor) whose encoder and shape head start this
     # run's image encoder: stage 0 pretrained; its training time is part of this model's cost.
     init_encoder: str | None = None
+    # Train that stand-alone regressor first, for this many steps, into run_dir/encoder (skipped
+    # when it is there already), then start from it as init_encoder does: stage 0 gets its own
+    # training, the joint run refines it. 0: the encoder starts from scratch with the denoiser.
+    encoder_pretrain: int = 0
     log_every: int = 50  # steps between status lines / stats.jsonl records
     ckpt_every: int = 500  # steps between checkpoints (and one at the end)
     keep: int = 3  # checkpoints kept
@@ -218,8 +222,11 @@ def check(cfg: TrainConfig) -> None:
         build(validation_diffusion(cfg), cfg.data.num_points)
     if cfg.resume and cfg.init_from:
         raise UserError("resume continues this run; init_from starts a new one from another run's weights: choose one")
-    if cfg.init_encoder and (cfg.init_from or "image" not in cfg.condition):
-        raise UserError("init_encoder starts the image encoder of a new run: it needs image conditioning and no init_from")
+    if (cfg.init_encoder or cfg.encoder_pretrain) and (cfg.init_from or "image" not in cfg.condition or not cfg.shape_loss):
+        raise UserError("init_encoder / encoder_pretrain start the image encoder and its shape head: they need image "
+                        "conditioning, shape_loss > 0 and no init_from")
+    if cfg.encoder_pretrain < 0 or (cfg.encoder_pretrain and cfg.init_encoder):
+        raise UserError("encoder_pretrain must be >= 0, and not beside init_encoder (one source for the encoder)")
 
 
 def validation_diffusion(cfg: TrainConfig) -> DiffusionConfig:

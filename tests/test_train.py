@@ -193,8 +193,25 @@ def test_init_encoder_starts_from_a_stand_alone_regressor_and_records_its_cost(d
     with pytest.raises(UserError, match="differs from this run"):
         train.main(args(data, tmp_path / "x", "shape_loss=1.0", "shape_points=16", "condition=image",
                         f"init_encoder={reg}"))
-    with pytest.raises(UserError, match="needs image conditioning"):
+    with pytest.raises(UserError, match="need image conditioning"):
         train.main(args(data, tmp_path / "y", "condition=category", f"init_encoder={reg}"))
+
+
+def test_encoder_pretrain_trains_stage_0_first_and_leaves_the_run_as_init_encoder_would(data, tmp_path):
+    shaped = ["shape_loss=1.0", "shape_points=8", "condition=image", "max_steps=2"]
+    first = tmp_path / "first"
+    assert train.main(args(data, first, *shaped, "encoder_pretrain=3")) == 0
+    regressed = first / "encoder"
+    assert checkpoint.list_checkpoints(regressed)
+    assert json.loads((first / "config.json").read_text())["init_encoder"]["path"] == str(regressed)
+    # The same run from the found regressor: bitwise equal (the pretraining leaves the RNG as it was).
+    second = tmp_path / "second"
+    assert train.main(args(data, second, *shaped, f"init_encoder={regressed}")) == 0
+    assert_bitwise(weights(first), weights(second))
+    # and a run without it differs
+    third = tmp_path / "third"
+    assert train.main(args(data, third, *shaped)) == 0
+    assert not torch.equal(weights(first)[0]["encoder.shape_head.2.weight"], weights(third)[0]["encoder.shape_head.2.weight"])
 
 
 def test_refuses_to_overwrite_a_run_and_to_change_a_resumed_config(data, reference, tmp_path):
