@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bench.py", description=__doc__.split("\n")[0],
                                 epilog="python bench.py train --help: train every model the benchmark needs")
     p.add_argument("--data", required=True, help="pvd HDF5 dataset with views (data/synth.h5)")
-    p.add_argument("--pvd", required=True, help="the single-stage PVD run (image-conditioned)")
+    p.add_argument("--pvd", required=True, help="the PVD run (image-conditioned; the hierarchy or a single stage)")
     p.add_argument("--pvd-ablation", help="a second PVD run that differs from --pvd in one thing (the ablation)")
     p.add_argument("--regressor", help="a stand-alone regressor run (python -m pvd.regressor): retrieval in its "
                                        "embedding and its cloud become two more rows")

@@ -159,12 +159,12 @@ def test_quickstart_is_the_recommended_model_cut_short():
 
 
 def test_ddim_steps_must_fit_the_hierarchy_start_at_check_time():
-    # quickstart samples from t_start = 0.03 T: 31 integer timesteps (0..30) for DDIM to visit.
+    # quickstart samples from t_start = 0.02 T: 21 integer timesteps (0..20) for DDIM to visit.
     quick = train_preset("quickstart")
     check(quick)
-    check(apply_overrides(quick, ["diffusion.sampling_steps=31"]))
-    for override in ("diffusion.sampling_steps=32", "val_steps=40", "val_sampler=ddim"):  # the last: DDIM's default 50
-        with pytest.raises(UserError, match="31 timesteps"):
+    check(apply_overrides(quick, ["diffusion.sampling_steps=21"]))
+    for override in ("diffusion.sampling_steps=22", "val_steps=40", "val_sampler=ddim"):  # the last: DDIM's default 50
+        with pytest.raises(UserError, match="21 timesteps"):
             check(apply_overrides(quick, [override]))
     check(apply_overrides(quick, ["val_sampler=dpm++2m", "val_steps=40"]))  # fractional timesteps: no such limit
     check(apply_overrides(quick, ["val_steps=40", "val_every=0"]))  # no validation, nothing to sample

@@ -319,11 +319,13 @@ def test_shape_loss_adds_the_encoder_heads_chamfer_distance_and_emd(data, shape_
 
 
 def test_quickstart_preset_trains_and_validates_with_its_own_sampler(data, tmp_path):
-    # README command 1's preset as it is (network, hierarchy, sampler) on the small data: one step,
-    # a validation with the run's sampler (DDIM-10 from t_start), a checkpoint.
+    # README command 1's preset as it is (network, hierarchy, sampler, stage 0 pretrained) on the
+    # small data: two regressor steps, one step, a validation with the run's sampler (DDIM-10 from
+    # t_start), a checkpoint.
     run = tmp_path / "quick"
     assert train.main(["quickstart", f"data.path={data}", f"run_dir={run}", "data.num_points=128", "shape_points=64",
-                       "batch_size=2", "max_steps=1", "val_every=1", "val_shapes=1"]) == 0
+                       "batch_size=2", "max_steps=1", "val_every=1", "val_shapes=1", "encoder_pretrain=2"]) == 0
+    assert checkpoint.list_checkpoints(run / "encoder")
     record = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
     assert any(r.get("step") == 1 and "val_cd" in r for r in record), record
     assert checkpoint.load(run)["step"] == 1

@@ -2,8 +2,9 @@
 
 Stage 0 is the image encoder's shape head: a deterministic regressor from the image's global
 vector to a coarse cloud of M points (a few hundred), trained with a Chamfer loss
-(``TrainConfig.shape_loss``). Stage 1 is the denoiser at the full N points, and it covers only
-t <= t_max of the process:
+(``TrainConfig.shape_loss``), first alone (``encoder_pretrain``: its own steps, counted in the
+model's training time) and then beside the denoiser. Stage 1 is the denoiser at the full N
+points, and it covers only t <= t_max of the process:
 
 - training draws t uniformly from 0..t_max (``GaussianDiffusion.sample_t(t_max=)``); the coarse
   cloud also enters the denoiser as extra input points (``TrainConfig.shape_input``), and it is
