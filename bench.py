@@ -7,10 +7,11 @@ step's time adds up its attempts, so a slow machine can spread the training over
 
     python bench.py train --data data/synth.h5 --out runs/bench
 
-    1. pvd : python train.py image-2048 data.path=DATA run_dir=DIR/pvd  (the recommended model)
-    2. regressor: python -m pvd.regressor data.path=DATA run_dir=DIR/regressor  (encoder trained alone)
-    3. sds : python -m pvd.sds.train_prior data=DATA run_dir=DIR/sds-prior
-    4. pfid: python -m pvd.pfid train --data DATA --out DIR/pfid
+    1. pvd : python train.py image-2048 data.path=DATA run_dir=DIR/pvd  (the recommended model;
+             its stage 0, the stand-alone regressor, is trained first into DIR/pvd/encoder and is
+             the benchmark's "encoder trained alone")
+    2. sds : python -m pvd.sds.train_prior data=DATA run_dir=DIR/sds-prior
+    3. pfid: python -m pvd.pfid train --data DATA --out DIR/pfid
 
 On GPUs, larger runs go through the same command with overrides (untested here: no GPU), e.g.
 ``--pvd-set max_steps=20000 batch_size=64 --prior-set max_steps=20000``; on ShapeNet train the
@@ -19,7 +20,7 @@ train.py image-2048 diffusion.hierarchy=none run_dir=DIR/single-stage``) is trai
 
 Then the benchmark (per test shape, one fixed input view):
 
-    python bench.py --data data/synth.h5 --pvd runs/bench/pvd --regressor runs/bench/regressor \\
+    python bench.py --data data/synth.h5 --pvd runs/bench/pvd --regressor runs/bench/pvd/encoder \\
         --sds runs/bench/sds-prior --pfid runs/bench/pfid --num 50 --sds-num 20 --out outputs/bench
 
 Methods: ``pvd`` (the run with its recommended sampler: the run's own ``diffusion.sampler`` /
@@ -196,9 +197,8 @@ def build_train_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="data/synth.h5")
     p.add_argument("--out", default="runs/bench")
     p.add_argument("--device", default="auto")
-    p.add_argument("--only", nargs="*", choices=("pvd", "regressor", "sds", "pfid"), help="train only these")
+    p.add_argument("--only", nargs="*", choices=("pvd", "sds", "pfid"), help="train only these")
     p.add_argument("--pvd-set", nargs="*", default=[], metavar="KEY=VALUE", help="train.py overrides for the PVD model")
-    p.add_argument("--regressor-set", nargs="*", default=[], metavar="KEY=VALUE", help="pvd.regressor overrides")
     p.add_argument("--prior-set", nargs="*", default=[], metavar="KEY=VALUE", help="pvd.sds.train_prior overrides")
     p.add_argument("--pfid-set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="options of python -m pvd.pfid train (epochs=4 widths=64,128)")

@@ -201,9 +201,9 @@ def test_bad_input_is_a_one_line_user_error(models, tmp_path, monkeypatch, chang
 def test_train_mode_lists_every_step(models, tmp_path, capsys):
     assert bench.main(["train", "--data", models["data"], "--out", str(tmp_path / "runs"), "--dry-run"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split(":")[0] for line in lines] == ["pvd", "regressor", "sds", "pfid"]
-    assert "train.py image-2048" in lines[0] and "pvd.regressor" in lines[1]
-    assert "pvd.sds.train_prior" in lines[2] and "pvd.pfid train" in lines[3]
+    assert [line.split(":")[0] for line in lines] == ["pvd", "sds", "pfid"]
+    assert "train.py image-2048" in lines[0]
+    assert "pvd.sds.train_prior" in lines[1] and "pvd.pfid train" in lines[2]
     with pytest.raises(UserError, match="no such file"):
         bench.main(["train", "--data", str(tmp_path / "nope.h5"), "--dry-run"])
 
@@ -216,6 +216,7 @@ def test_train_mode_commands_resolve_to_the_intended_configs(models, tmp_path):
     steps = {step.name: step.command for step in training.train_steps(cli)}
     pvd = train.parse_config(steps["pvd"][2:])
     assert (pvd.model, pvd.data.num_points, pvd.diffusion.hierarchy.t_max) == ("cpu-2048", 2048, 0.1)
+    assert pvd.encoder_pretrain > 0  # stage 0 in DIR/pvd/encoder: the benchmark's encoder trained alone
     assert pvd.run_dir == str(tmp_path / "runs" / "pvd") and pvd.data.path == models["data"]
     prior = parse_prior(steps["sds"][3:])
     assert prior.run_dir == str(tmp_path / "runs" / "sds-prior") and prior.data == models["data"]

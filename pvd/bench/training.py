@@ -53,15 +53,15 @@ class TrainStep:
 
 
 def train_steps(args: argparse.Namespace) -> list[TrainStep]:
-    """Every model the benchmark needs, in training order."""
+    """Every model the benchmark needs, in training order. The PVD preset trains its stage 0 (the
+    stand-alone regressor) first into DIR/pvd/encoder: that is the benchmark's encoder trained
+    alone, counted in the PVD step's time."""
     out = Path(args.out)
     py = sys.executable
     dev = [f"device={args.device}"]
     return [
         TrainStep("pvd", [py, str(ROOT / "train.py"), "image-2048", f"data.path={args.data}",
                           f"run_dir={out / 'pvd'}", *dev, *args.pvd_set], out / "pvd", True),
-        TrainStep("regressor", [py, "-m", "pvd.regressor", f"data.path={args.data}", f"run_dir={out / 'regressor'}",
-                                *args.regressor_set], out / "regressor", False),
         TrainStep("sds", [py, "-m", "pvd.sds.train_prior", f"data={args.data}", f"run_dir={out / 'sds-prior'}",
                           *args.prior_set], out / "sds-prior", True),
         TrainStep("pfid", [py, "-m", "pvd.pfid", "train", "--data", args.data, "--out", str(out / "pfid"),
@@ -115,7 +115,7 @@ def train(args: argparse.Namespace) -> int:
                                                            if len(attempts) > 1 else ""), flush=True)
     print(f"trained in {(time.perf_counter() - total) / 60:.1f} min this run; all steps: "
           f"{sum(v['seconds'] for v in log.values()) / 60:.1f} min. Next:\n"
-          f"python bench.py --data {args.data} --pvd {out / 'pvd'} --regressor {out / 'regressor'} "
+          f"python bench.py --data {args.data} --pvd {out / 'pvd'} --regressor {out / 'pvd' / 'encoder'} "
           f"--sds {out / 'sds-prior'} --pfid {out / 'pfid'} --num 50 --sds-num 20 --out outputs/bench")
     return 0
 
