@@ -37,7 +37,7 @@ from torch import nn
 from tqdm import tqdm
 
 import pvd
-from pvd import checkpoint
+from pvd import checkpoint, regressor
 from pvd.config import (PRESETS, TrainConfig, apply_overrides, check, from_dict, network_config, to_dict, train_preset,
                         validation_diffusion)
 from pvd.data.dataset import ShapeDataset
@@ -49,6 +49,7 @@ from pvd.imageprep import view_fill
 from pvd.metrics import chamfer_distance, f_score
 from pvd.nn import Condition, PVDUNet
 from pvd.nn.unet import UNetConfig
+from pvd.regressor import RegressorConfig
 from pvd.runtime import reexec_with_malloc_settings
 from pvd.training import cosine_factor, derive_seed, ema_update, shape_head_loss, warmup_factor
 
@@ -299,42 +300,12 @@ def load_weights(source: str, nets: list[PVDUNet], networks: list[UNetConfig]) -
         net.load_state_dict(state)
 
 
-def load_encoder(source: str, nets: list[PVDUNet], frame: dict[str, Any]) -> dict[str, Any]:
-    """init_encoder: start every network's image encoder from a stand-alone regressor's (its
-    weight average), which must have the same encoder and have been trained in the same frame.
-    Returns what the run record keeps of it (its path and training seconds, part of the cost)."""
-    from pvd.regressor import load_regressor
-
-    encoder, record = load_regressor(source, torch.device("cpu"))
-    if any(record["normalization"].get(k) != frame.get(k) for k in ("normalization", "mean", "std", "categories")):
-        raise UserError(f"init_encoder={source}: the regressor was trained in another frame (data, categories or "
-                        f"normalisation) than this run")
-    for net in nets:
-        if net.encoder.config != encoder.config:
-            raise UserError(f"init_encoder={source}: its encoder {encoder.config} differs from this run's "
-                            f"{net.encoder.config} (model preset, shape_points, shape_loss)")
-        net.encoder.load_state_dict(encoder.state_dict())
-    return {"path": str(source), "train_seconds": record.get("train_seconds")}
-
-
-def pretrain_encoder(cfg: TrainConfig, network: UNetConfig, run_dir: Path, main_process: bool) -> Path:
-    """encoder_pretrain: the stand-alone regressor of this run's encoder, trained into
-    run_dir/encoder by the main process (kept across resumes); the global RNG is left as it was,
-    so a run is the same whether the regressor was trained now or found."""
-    from pvd.regressor import RegressorConfig
-    from pvd.regressor import train as train_regressor
-
-    folder = run_dir / "encoder"
-    if main_process and not checkpoint.list_checkpoints(folder):
-        enc = network.encoder
-        reg = RegressorConfig(data=cfg.data, widths=enc.widths, dim=enc.dim, blocks=enc.blocks, pool_grid=enc.pool_grid,
-                              shape_points=cfg.shape_points, emd=cfg.shape_emd, batch_size=cfg.batch_size,
-                              max_steps=cfg.encoder_pretrain, seed=cfg.seed, run_dir=str(folder))
-        with torch.random.fork_rng(devices=[]):
-            train_regressor(reg)
-    if dist.is_initialized():
-        dist.barrier()
-    return folder
+def stage0_config(cfg: TrainConfig, network: UNetConfig, run_dir: Path) -> RegressorConfig:
+    """encoder_pretrain: the stand-alone regressor of this run's encoder, trained into run_dir/encoder."""
+    enc = network.encoder
+    return RegressorConfig(data=cfg.data, widths=enc.widths, dim=enc.dim, blocks=enc.blocks, pool_grid=enc.pool_grid,
+                           shape_points=cfg.shape_points, emd=cfg.shape_emd, batch_size=cfg.batch_size,
+                           max_steps=cfg.encoder_pretrain, seed=cfg.seed, run_dir=str(run_dir / "encoder"))
 
 
 def checkpoint_payload(record: dict[str, Any], nets, ema, optimizer, epoch: int) -> dict[str, Any]:
@@ -384,9 +355,11 @@ def train(cfg: TrainConfig) -> int:
     record = run_record(cfg, networks, train_set)
     if cfg.init_from:
         load_weights(cfg.init_from, nets, networks)
-    source = pretrain_encoder(cfg, networks[0], run_dir, main_process) if cfg.encoder_pretrain else cfg.init_encoder
+    source = (regressor.train_once(stage0_config(cfg, networks[0], run_dir), main_process) if cfg.encoder_pretrain
+              else cfg.init_encoder)
     if source:  # on resume too, for the record; the checkpoint then replaces the weights
-        record["init_encoder"] = load_encoder(source, nets, train_set.normalization_info())
+        record["init_encoder"] = regressor.start_encoders(source, [n.encoder for n in nets],
+                                                          train_set.normalization_info())
     objective = Objective(nets, stages, cfg)
     optim_cls = torch.optim.AdamW if cfg.optim.name == "adamw" else torch.optim.Adam
     optimizer = optim_cls(objective.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,

@@ -4,8 +4,9 @@ The encoder of the PVD run's network (the same architecture) with its shape head
 on the head's loss against the training shape (Chamfer; EMD too with ``emd``). Two baselines
 come from it: retrieval in its embedding (an encoder trained for retrieval alone, so a weak PVD
 encoder cannot lower the retrieval bar) and its cloud itself (the image-to-cloud regressor
-without any diffusion). Training counts in the benchmark's budget (``bench.py train``, step
-``regressor``).
+without any diffusion). It is also the hierarchy's stage 0 trained alone: a PVD run starts its
+encoder from one (``init_encoder``) or trains its own first (``encoder_pretrain``, into
+RUN/encoder; ``bench.py train`` counts it in the PVD step).
 
     python -m pvd.regressor data.path=data/synth.h5 run_dir=runs/bench/regressor
     encoder, record = load_regressor("runs/bench/regressor", torch.device("cpu"))
@@ -127,6 +128,36 @@ def load_regressor(path: str | Path, device: torch.device) -> tuple[ImageEncoder
     encoder = ImageEncoder(cfg.encoder())
     encoder.load_state_dict(ckpt["encoder"])
     return encoder.to(device).eval(), record
+
+
+def train_once(cfg: RegressorConfig, main_process: bool) -> Path:
+    """A run's stage 0 (``encoder_pretrain``): trained into cfg.run_dir by the main process unless
+    a checkpoint is already there (kept across resumes); the global RNG is left as it was, so the
+    run that follows is the same whether the regressor was trained now or found."""
+    folder = Path(cfg.run_dir)
+    if main_process and not checkpoint.list_checkpoints(folder):
+        with torch.random.fork_rng(devices=[]):
+            train(cfg)
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    return folder
+
+
+def start_encoders(source: str | Path, encoders: list[ImageEncoder], frame: dict[str, Any]) -> dict[str, Any]:
+    """``init_encoder``: load a regressor's encoder (its weight average) into each of ``encoders``;
+    it must have the same architecture and have been trained in the same frame (``frame``: the
+    run's normalisation info). Returns what a run record keeps of it: its path and training
+    seconds, part of the run's cost."""
+    encoder, record = load_regressor(source, torch.device("cpu"))
+    if any(record["normalization"].get(k) != frame.get(k) for k in ("normalization", "mean", "std", "categories")):
+        raise UserError(f"init_encoder={source}: the regressor was trained in another frame (data, categories or "
+                        f"normalisation) than this run")
+    for target in encoders:
+        if target.config != encoder.config:
+            raise UserError(f"init_encoder={source}: its encoder {encoder.config} differs from this run's "
+                            f"{target.config} (model preset, shape_points, shape_loss)")
+        target.load_state_dict(encoder.state_dict())
+    return {"path": str(source), "train_seconds": record.get("train_seconds")}
 
 
 def main(argv: list[str] | None = None) -> int:
