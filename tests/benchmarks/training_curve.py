@@ -10,8 +10,10 @@ as horizontal lines. Prints a table and writes the figure the README shows.
 
 Each run is sampled at its arm's setting (SAMPLER:STEPS:GUIDANCE[:T_START], as val_sweep.py;
 the hierarchy's default is each run's own sampler). Training time is the run's own, summed from
-its stats.jsonl (training steps only, validation excluded), in minutes on this machine; the
-figure's title gives the machine's fp32 matmul rate so it can be scaled to another.
+its stats.jsonl (training steps only, validation excluded), plus its stage 0 (the stand-alone
+regressor it trained first or started from, ``init_encoder``) as that regressor recorded it, in
+minutes on this machine; the figure's title gives the machine's fp32 matmul rate so it can be
+scaled to another.
 """
 
 from __future__ import annotations
@@ -47,6 +49,17 @@ def training_seconds(run_dir: str | Path, batch_size: int) -> float:
     return seconds
 
 
+def stage0_seconds(run_dir: str | Path, cfg) -> float:
+    """Training time of the stand-alone regressor the run depends on (0 if none)."""
+    folder = cfg.init_encoder or (Path(run_dir) / "encoder" if cfg.encoder_pretrain else None)
+    if folder is None:
+        return 0.0
+    seconds = load_regressor(folder, torch.device("cpu"))[1].get("train_seconds")
+    if seconds is None:
+        raise SystemExit(f"error: {folder} does not record its training time; the curve would undercount {run_dir}")
+    return float(seconds)
+
+
 def score_run(run_dir: str, setting: str | None, count: int, seed: int, reference=None) -> dict:
     """Steps, training minutes, mean CD x 1e-3 and F@1% of one run on the first ``count`` val shapes."""
     run, cfg, nets = load_run(run_dir, torch.device("cpu"))
@@ -61,7 +74,7 @@ def score_run(run_dir: str, setting: str | None, count: int, seed: int, referenc
     with torch.no_grad():
         samples, passes, _ = sample_setting(cfg, nets, batch["image"], setting, 25, seed)
     cd, f1 = scores(samples, batch["points"])
-    return {"run": run_dir, "step": run["step"], "minutes": training_seconds(run_dir, cfg.batch_size) / 60,
+    return {"run": run_dir, "step": run["step"], "minutes": (training_seconds(run_dir, cfg.batch_size) + stage0_seconds(run_dir, cfg)) / 60,
             "setting": setting, "passes": passes, "cd": float(cd.mean()), "f1": float(f1.mean()),
             "data": data, "batch": batch}
 
@@ -108,7 +121,7 @@ def main() -> None:
                 ax.plot([r["minutes"] for r in rows], [r[key] for r in rows], marker, label=arm)
         for (name, cd, f1), style in zip(lines, (":", "-.")):
             ax.axhline(cd if key == "cd" else f1, color="grey", linestyle=style, label=name)
-        ax.set_xlabel("training time (min, this machine)")
+        ax.set_xlabel("training time incl. stage 0 (min, this machine)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=8)
