@@ -5,16 +5,19 @@
     python train.py quickstart optim.lr=5e-4 epochs=10 run_dir=runs/mine
     python train.py quickstart resume=true                  # continue runs/quickstart
     torchrun --nproc_per_node=2 train.py quickstart         # DistributedDataParallel
+    python train.py pvd-paper-chair tf32=true               # TF32 matmuls on an Ampere+ GPU
 
 The first argument names a preset (``python train.py --help`` lists them); every other one
 is ``key=value`` on its fields. The resolved config goes to RUN/config.json, statistics to
 RUN/stats.jsonl, checkpoints to RUN/checkpoints/, validation grids to RUN/val/.
 
 Every random draw of a training sample (its points, view, timestep, noise and condition drop)
-is keyed to (seed, epoch, sample index), and the global generator (dropout) is re-seeded
+is keyed to (seed, epoch, sample index) and made on the device for the whole batch at once
+(pvd.keyed_random), and the global generator (dropout) is re-seeded
 from (seed, step, rank) every step, so a run stopped anywhere and resumed ends bitwise equal
 (on CPU) to one that never stopped, and a run over W processes matches one process with the
-same global batch.
+same global batch. Under torchrun the model is wrapped in DDP even with one process, so a single
+GPU exercises the multi-GPU code path.
 """
 
 from __future__ import annotations
@@ -25,12 +28,10 @@ import json
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import h5py
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -43,20 +44,25 @@ from pvd.config import (PRESETS, TrainConfig, apply_overrides, check, from_dict,
 from pvd.data.dataset import ShapeDataset
 from pvd.data.render import image_grid, render_points, save_png
 from pvd.diffusion import build
-from pvd.diffusion.cascade import sample_stages, stage_batch
+from pvd.diffusion.cascade import sample_stages
 from pvd.errors import UserError, run_command
 from pvd.imageprep import view_fill
+from pvd.keyed_random import training_draws
 from pvd.metrics import chamfer_distance, f_score
 from pvd.nn import Condition, PVDUNet
 from pvd.nn.unet import UNetConfig
 from pvd.regressor import RegressorConfig
-from pvd.runtime import reexec_with_malloc_settings
-from pvd.training import cosine_factor, derive_seed, ema_update, shape_head_loss, warmup_factor
+from pvd.runtime import pick_device, reexec_with_malloc_settings
+from pvd.training import LossWindow, cosine_factor, derive_seed, ema_update, shape_head_loss, warmup_factor
 
 # Fields that may change when a run is resumed: they do not alter the weights it computes.
-RESUMABLE = {"epochs", "max_steps", "device", "workers", "log_every", "ckpt_every", "keep", "val_every",
+RESUMABLE = {"epochs", "max_steps", "device", "tf32", "workers", "log_every", "ckpt_every", "keep", "val_every",
              "val_shapes", "val_sampler", "val_steps", "tensorboard", "resume", "run_dir"}
 
+
+# Steps between the processes' agreement on a stop request (SIGTERM on one of them): a collective
+# on every step would cost a host sync per step; a stop waits at most this many steps.
+STOP_CHECK_EVERY = 10
 
 # ---- set-up ---------------------------------------------------------------------------------
 
@@ -86,27 +92,37 @@ def parse_config(argv: list[str]) -> TrainConfig:
     return cfg
 
 
-def setup_distributed(cfg: TrainConfig) -> tuple[int, int, torch.device]:
-    """(rank, world size, device). Under torchrun: one process per device, gloo on CPU, nccl on CUDA."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    if cfg.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        try:
-            device = torch.device(cfg.device)
-        except RuntimeError:
-            raise UserError(f"device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise UserError("device=cuda but no CUDA device is available")
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+def setup_distributed(cfg: TrainConfig) -> tuple[int, int, torch.device, bool]:
+    """(rank, world size, device, distributed). Under torchrun (even with one process): a process
+    group, one process per device, gloo on CPU, nccl on CUDA."""
+    launched = "LOCAL_RANK" in os.environ
+    world = int(os.environ.get("WORLD_SIZE", "1")) if launched else 1
+    rank = int(os.environ.get("RANK", "0")) if launched else 0
+    device = pick_device(cfg.device, "device")
+    if device.type == "cuda" and launched:
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    if device.type == "cuda":
         torch.cuda.set_device(device)
-    if world > 1:
+        torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
+        torch.backends.cudnn.allow_tf32 = cfg.tf32
+    if launched:
         if cfg.batch_size % world:
             raise UserError(f"batch_size {cfg.batch_size} does not split over {world} processes")
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return rank, world, device
+    return rank, world, device, launched
+
+
+def stop_agreed(requested: bool, step: int, device: torch.device) -> bool:
+    """Whether every process stops after ``step``: any process's request counts, checked every
+    STOP_CHECK_EVERY steps (a flag on the device, so NCCL can reduce it). Without a process group
+    a request stops at once."""
+    if not dist.is_initialized():
+        return requested
+    if step % STOP_CHECK_EVERY:
+        return False
+    flag = torch.tensor([float(requested)], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
 
 
 def learning_rate(cfg: TrainConfig, step: int, epoch: int, total_steps: int) -> float:
@@ -132,50 +148,33 @@ class Objective(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor], keys: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns (mean loss, per-sample loss (S, B) per stage, timesteps (S, B))."""
         device = next(self.parameters()).device
-        x0 = batch["points"]
-        draws = [sample_draws(self.stages, x0[i : i + 1], key, self.cfg.cond_drop) for i, key in enumerate(keys)]
-        drop = torch.stack([d["drop"] for d in draws]).to(device)
+        x0 = batch["points"].to(device, non_blocking=True)
+        # Every draw of a sample is keyed to it and made on the device, batched (pvd.keyed_random).
+        draws = training_draws(self.stages, x0, torch.tensor(keys, dtype=torch.int64, device=device), self.cfg.cond_drop)
         losses, steps = [], []
         for k, (net, stage) in enumerate(zip(self.nets, self.stages)):
-            points = torch.cat([d["points"][k] for d in draws]).to(device)
-            t = torch.cat([d["t"][k] for d in draws]).to(device)
-            noise = torch.cat([d["noise"][k] for d in draws]).to(device)
-            fields = dict(drop=drop)
+            t = draws["t"][k]
+            fields = dict(drop=draws["drop"])
             if "category" in self.cfg.condition:
                 fields["category"] = batch["category"].to(device)
             if k > 0:
-                fields["coarse"] = torch.cat([d["coarse"][k] for d in draws]).to(device)
-                fields["coarse_level"] = torch.cat([d["level"][k] for d in draws]).to(device).float()
+                fields["coarse"] = draws["coarse"][k]
+                fields["coarse_level"] = draws["level"][k].float()
             if net.config.condition is None:
                 cond = None
             elif "image" in self.cfg.condition:
                 cond = net.condition(images=batch["image"].to(device), **fields)
             else:
                 cond = Condition(**fields)
-            loss = stage.diffusion.loss(net, points, t, cond, noise=noise)
+            loss = stage.diffusion.loss(net, draws["points"][k], t, cond, noise=draws["noise"][k])
             if self.cfg.shape_loss:
                 # The encoder sees every image, dropped conditions included.
                 regressed = net.encoder.predict_shape(cond.image)
-                loss = loss + self.cfg.shape_loss * shape_head_loss(regressed, x0.to(device), self.cfg.shape_emd)
+                loss = loss + self.cfg.shape_loss * shape_head_loss(regressed, x0, self.cfg.shape_emd)
             losses.append(loss)
             steps.append(t)
         per_sample = torch.stack(losses)
         return per_sample.sum(0).mean(), per_sample.detach(), torch.stack(steps)
-
-
-def sample_draws(stages: list, x0: torch.Tensor, key: int, cond_drop: float) -> dict[str, Any]:
-    """One sample's random draws for every stage, from a generator seeded by its key. x0: (1, N, 3) on CPU."""
-    g = torch.Generator().manual_seed(key)
-    out: dict[str, Any] = {"drop": torch.rand((), generator=g) < cond_drop, "points": [], "t": [], "noise": [],
-                           "coarse": [], "level": []}
-    for k, stage in enumerate(stages):
-        points, extra = stage_batch(stages, k, x0, Condition() if k > 0 else None, g)
-        out["points"].append(points)
-        out["coarse"].append(extra.coarse if k > 0 else None)
-        out["level"].append(extra.coarse_level if k > 0 else None)
-        out["t"].append(stage.diffusion.sample_t(1, generator=g, t_max=stage.t_max))
-        out["noise"].append(torch.randn(points.shape, generator=g))
-    return out
 
 
 class EpochBatches(torch.utils.data.Sampler):
@@ -334,7 +333,7 @@ class StopRequest:
 
 
 def train(cfg: TrainConfig) -> int:
-    rank, world, device = setup_distributed(cfg)
+    rank, world, device, distributed = setup_distributed(cfg)
     main_process = rank == 0
     run_dir = Path(cfg.run_dir)
     if main_process and not cfg.resume and checkpoint.list_checkpoints(run_dir):
@@ -376,7 +375,7 @@ def train(cfg: TrainConfig) -> int:
                 net.load_state_dict(state)
         optimizer.load_state_dict(ckpt["optimizer"])
         step = ckpt["step"]
-    model = nn.parallel.DistributedDataParallel(objective) if world > 1 else objective
+    model = nn.parallel.DistributedDataParallel(objective) if distributed else objective
 
     log = Log(run_dir, main_process, cfg.tensorboard)
     if main_process:
@@ -386,7 +385,7 @@ def train(cfg: TrainConfig) -> int:
         (run_dir / "config.json").write_text(json.dumps(record, indent=2) + "\n")
         params = sum(p.numel() for p in objective.parameters())
         log.say(f"{'resuming' if cfg.resume else 'training'} {cfg.model} x{len(nets)} stage(s), {params:,} parameters, "
-                f"on {device}{f' x{world} processes' if world > 1 else ''}: {len(train_set)} shapes, "
+                f"on {device}{f' x{world} processes' if world > 1 else ''}{' (DDP)' if distributed else ''}: {len(train_set)} shapes, "
                 f"{steps_per_epoch} steps/epoch, steps {step}..{total_steps} -> {run_dir}")
 
     def save(at_step: int, epoch: int) -> None:
@@ -401,7 +400,7 @@ def train(cfg: TrainConfig) -> int:
 
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
     bar = tqdm(total=total_steps, initial=step, disable=not main_process, unit="step", dynamic_ncols=True)
-    window = {"loss": 0.0, "count": 0, "start": time.perf_counter(), "quartiles": np.zeros((len(stages), 4, 2))}
+    window = LossWindow(len(stages), stages[0].diffusion.num_steps, device)
     stopped = False
     with StopRequest() as stop:
         while step < total_steps and not stopped:
@@ -411,14 +410,15 @@ def train(cfg: TrainConfig) -> int:
                                                           seed=cfg.seed)
             sampler.set_epoch(epoch)
             batches = EpochBatches(sampler, local_batch, steps_per_epoch, offset)
+            # Rebuilt each epoch: the epoch keys the draws of the dataset copies in the workers.
             loader = torch.utils.data.DataLoader(train_set, batch_sampler=batches, num_workers=cfg.workers,
-                                                 generator=torch.Generator())
+                                                 generator=torch.Generator(), pin_memory=device.type == "cuda")
             for batch in loader:
                 torch.manual_seed(derive_seed(cfg.seed, step, rank))  # dropout
                 lr = learning_rate(cfg, step, epoch, total_steps)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                keys = [derive_seed(cfg.seed, epoch, int(row), 1) for row in batch["index"]]
+                keys = [derive_seed(cfg.seed, epoch, row, 1) for row in batch["index"].tolist()]
                 with autocast:
                     loss, per_sample, t = model(batch, keys)
                 optimizer.zero_grad(set_to_none=True)
@@ -433,32 +433,13 @@ def train(cfg: TrainConfig) -> int:
                 step += 1
                 bar.update(1)
 
-                # statistics (local to rank 0: the logged loss is that process's)
-                window["loss"] += loss.item()
-                window["count"] += 1
-                quart = (t.cpu() * 4 // stages[0].diffusion.num_steps).clamp(max=3)
-                for k in range(len(stages)):
-                    for q in range(4):
-                        m = quart[k] == q
-                        window["quartiles"][k, q] += (float(per_sample[k][m.to(per_sample.device)].sum()), int(m.sum()))
+                window.add(loss, per_sample, t)  # local to each process: rank 0 logs its own
                 if step % cfg.log_every == 0 or step == total_steps:
-                    elapsed = time.perf_counter() - window["start"]
-                    entry = {"step": step, "epoch": epoch, "loss": window["loss"] / window["count"], "lr": lr,
-                             "samples_per_s": window["count"] * cfg.batch_size / elapsed}
-                    for k in range(len(stages)):
-                        prefix = "loss" if len(stages) == 1 else f"loss_stage{k}"
-                        for q in range(4):
-                            total, count = window["quartiles"][k, q]
-                            entry[f"{prefix}_q{q}"] = total / count if count else None
+                    entry = {"step": step, "epoch": epoch, "lr": lr, **window.read(cfg.batch_size, len(stages) > 1)}
                     log.record(entry)
                     log.say(f"step {step}/{total_steps} epoch {epoch} loss {entry['loss']:.4f} lr {lr:.2e} "
                             f"{entry['samples_per_s']:.1f} samples/s")
-                    window.update(loss=0.0, count=0, start=time.perf_counter(), quartiles=np.zeros_like(window["quartiles"]))
-
-                flag = torch.tensor([float(stop.requested)])
-                if world > 1:
-                    dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # every process stops at the same step
-                if flag.item():
+                if stop_agreed(stop.requested, step, device):  # every process stops at the same step
                     stopped = True
                     break
                 if step % cfg.ckpt_every == 0 or step == total_steps:
@@ -470,7 +451,7 @@ def train(cfg: TrainConfig) -> int:
         if stopped:
             save(step, step // steps_per_epoch)
     bar.close()
-    if world > 1:
+    if distributed:
         dist.barrier()
         dist.destroy_process_group()
     if stopped:

@@ -70,6 +70,9 @@ class TrainConfig:
     seed: int = 42
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    # TF32 matmuls and convolutions on CUDA (Ampere and later): ~2-7x the fp32 rate with a 10-bit
+    # mantissa. Off by default so that fp32 runs (the pvd-paper presets) stay fp32-exact.
+    tf32: bool = False
     workers: int = 0  # DataLoader processes per training process
     run_dir: str = "runs/quickstart"
     resume: bool = False  # continue the run in run_dir from its last checkpoint

@@ -117,9 +117,10 @@ def _rss() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def pick_device(name: str) -> "torch.device":
-    """The device a command's ``--device`` names: auto (CUDA when available, else CPU), cpu,
-    cuda or cuda:N; anything else, or CUDA without a device, is a one-line UserError."""
+def pick_device(name: str, option: str = "--device") -> "torch.device":
+    """The device a command's ``--device`` (or ``device=``, named by ``option``) names: auto (CUDA
+    when available, else CPU), cpu, cuda or cuda:N; anything else, or CUDA without a device, is a
+    one-line UserError."""
     import torch
 
     from pvd.errors import UserError
@@ -129,7 +130,10 @@ def pick_device(name: str) -> "torch.device":
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UserError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise UserError(f"{option} must be auto, cpu, cuda or cuda:N, got {name!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda but no CUDA device is available")
+        separator = " " if option.startswith("-") else "="
+        raise UserError(f"{option}{separator}{name} but no CUDA device is available")
     return device

@@ -1,7 +1,7 @@
 """What both training loops share: train.py (the denoiser) and pvd.sds.train_prior (the view prior).
 
-Seeds derived from (seed, step, index) keys, the learning-rate factors, the EMA update and the
-loss of the image encoder's shape head (also used by pvd.regressor). The schedule is a pure
+Seeds derived from (seed, step, index) keys, the learning-rate factors, the EMA update, the
+logged loss statistics and the loss of the image encoder's shape head (also used by pvd.regressor). The schedule is a pure
 function of the step rather than a ``torch.optim.lr_scheduler``: a resumed run then needs no
 scheduler state and repeats the uninterrupted run bit for bit.
 """
@@ -9,6 +9,8 @@ scheduler state and repeats the uninterrupted run bit for bit.
 from __future__ import annotations
 
 import math
+import time
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,3 +65,37 @@ def shape_head_loss(regressed: torch.Tensor, truth: torch.Tensor, emd_weight: fl
             raise ValueError(f"the EMD term needs at least {m} truth points, got {truth.shape[1]}")
         loss = loss + emd_weight * emd(regressed, truth[:, :m], workers=1)
     return loss
+
+
+class LossWindow:
+    """Loss statistics since the last log line (mean loss, samples/s, mean loss per quarter of the
+    timestep range), accumulated on the device: read back (one sync) only when a line is logged."""
+
+    def __init__(self, num_stages: int, num_steps: int, device: torch.device):
+        self.num_steps = num_steps
+        self.loss = torch.zeros((), dtype=torch.float64, device=device)
+        self.sums = torch.zeros(num_stages, 4, dtype=torch.float64, device=device)  # per stage, per t quartile
+        self.counts = torch.zeros(num_stages, 4, dtype=torch.float64, device=device)
+        self.steps = 0
+        self.start = time.perf_counter()
+
+    def add(self, loss: torch.Tensor, per_sample: torch.Tensor, t: torch.Tensor) -> None:
+        """loss: () the step's mean; per_sample, t: (S, B) per stage."""
+        self.loss += loss.detach()
+        quartile = (t.to(per_sample.device) * 4 // self.num_steps).clamp(max=3)
+        self.sums.scatter_add_(1, quartile, per_sample.double())
+        self.counts.scatter_add_(1, quartile, torch.ones_like(per_sample, dtype=torch.float64))
+        self.steps += 1
+
+    def read(self, batch_size: int, per_stage: bool) -> dict[str, Any]:
+        """The window's mean loss, samples/s and mean loss per t quartile; then starts a new window."""
+        loss, sums, counts = self.loss.item(), self.sums.tolist(), self.counts.tolist()  # waits for the device
+        elapsed = time.perf_counter() - self.start
+        entry: dict[str, Any] = {"loss": loss / self.steps, "samples_per_s": self.steps * batch_size / elapsed}
+        for k, (stage_sums, stage_counts) in enumerate(zip(sums, counts)):
+            prefix = f"loss_stage{k}" if per_stage else "loss"
+            for q in range(4):
+                entry[f"{prefix}_q{q}"] = stage_sums[q] / stage_counts[q] if stage_counts[q] else None
+        self.loss.zero_(), self.sums.zero_(), self.counts.zero_()
+        self.steps, self.start = 0, time.perf_counter()
+        return entry

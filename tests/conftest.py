@@ -23,3 +23,13 @@ def pipeline_data(tmp_path_factory):
     write_synthetic_dataset(path, SyntheticConfig(per_category=6, views=2, resolution=16, num_points=400, supersample=1,
                                                   categories=("chair", "car")), progress=False)
     return path
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                 reason="no CUDA device: the CUDA path is not tested here"))]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    """Every device this machine has: CPU always, CUDA when present (skipped loudly otherwise)."""
+    return torch.device(request.param)

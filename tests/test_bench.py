@@ -4,15 +4,18 @@ folder, and bad input as one line with exit code 2."""
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import math
 import re
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
+import torch
 
 import bench
 import train
@@ -220,7 +223,34 @@ def test_train_mode_commands_resolve_to_the_intended_configs(models, tmp_path):
     assert pvd.run_dir == str(tmp_path / "runs" / "pvd") and pvd.data.path == models["data"]
     prior = parse_prior(steps["sds"][3:])
     assert prior.run_dir == str(tmp_path / "runs" / "sds-prior") and prior.data == models["data"]
+    assert pvd.device == prior.device == "auto"  # resolved by each command on its machine
     assert steps["pfid"][1:4] == ["-m", "pvd.pfid", "train"]
+
+
+def test_the_device_reaches_the_training_commands_and_the_sds_command(pipeline_data, tmp_path, capsys, monkeypatch):
+    """bench.py train --device: the PVD and prior training commands; the benchmark's device: the SDS lifting command."""
+    from pvd.bench import baselines
+    from pvd.sds.__main__ import build_parser as sds_parser
+    from pvd.sds.train_prior import parse_config as parse_prior
+
+    data = str(pipeline_data)
+    assert bench.main(["train", "--data", data, "--out", str(tmp_path / "runs"), "--device", "cpu", "--dry-run"]) == 0
+    lines = dict(line.split(": ", 1) for line in capsys.readouterr().out.splitlines())
+    assert "device=cpu" in lines["pvd"].split() and "device=cpu" in lines["sds"].split()
+    cli = bench.build_train_parser().parse_args(["--data", data, "--out", str(tmp_path / "runs"), "--device", "cpu",
+                                                 "--prior-set", "batch_size=4"])
+    steps = {step.name: step.command for step in training.train_steps(cli)}
+    assert train.parse_config(steps["pvd"][2:]).device == "cpu"
+    prior = parse_prior(steps["sds"][3:])
+    assert prior.device == "cpu" and prior.batch_size == 4
+
+    calls = []
+    monkeypatch.setattr(baselines.subprocess, "run", lambda cmd, **kw: calls.append(cmd) or subprocess.CompletedProcess(cmd, 0))
+    cli = argparse.Namespace(sds=str(tmp_path / "prior"), sds_num=1, seed=0, threads=None, sds_set=[])
+    split = types.SimpleNamespace(path=data, split="test", view=0, num=1, shapes=[])
+    assert baselines.run_sds(cli, split, torch.device("cpu"), tmp_path / "sds") == {}
+    (cmd,) = calls
+    assert cmd[1:3] == ["-m", "pvd.sds"] and sds_parser().parse_args(cmd[3:]).device == "cpu"
 
 
 def test_train_mode_runs_each_step_once_resumes_a_started_one_and_logs_its_time(models, tmp_path, monkeypatch, capsys):

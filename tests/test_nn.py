@@ -219,6 +219,33 @@ def test_dropped_samples_use_the_null_condition(tiny):
     assert not torch.allclose(null[~drop], kept[~drop])
 
 
+def test_every_conditioning_layer_takes_part_when_every_sample_is_dropped():
+    """DDP needs every parameter in the graph on every step: a local batch whose conditions are
+    all dropped (1% of steps per process at cond_drop 0.1, local batch 2) must still run the image
+    MLP and the token layers, contributing zero gradient."""
+    torch.manual_seed(0)
+    model = randomize_zero_inits(PVDUNet(preset("tiny")))
+    x, t, images, category = tiny_inputs()
+    cond = model.condition(images=images, category=category, drop=torch.ones(3, dtype=torch.bool))
+    model(x, t, cond).square().mean().backward()
+    for layer in (model.embed.image, model.embed.tokens):
+        for name, p in layer.named_parameters():
+            assert p.grad is not None, f"{name} left out of the graph"
+            assert p.grad.abs().max() == 0  # dropped: the null is used, the layer only takes part
+    assert model.embed.null_image.grad.abs().sum() > 0
+
+
+def test_a_missing_field_is_refused_unless_every_sample_is_dropped(tiny):
+    x, t, images, category = tiny_inputs()
+    with torch.no_grad():
+        full = tiny.condition(images=images, category=category)
+        some_dropped = dataclasses.replace(full, image=None, tokens=None, drop=torch.tensor([True, False, True]))
+        with pytest.raises(ValueError, match="image"):
+            tiny(x, t, some_dropped)
+        all_dropped = dataclasses.replace(full, image=None, tokens=None, category=None, drop=torch.ones(3, dtype=torch.bool))
+        torch.testing.assert_close(tiny(x, t, all_dropped), tiny(x, t, full.null()))
+
+
 def test_eval_output_of_a_shape_does_not_depend_on_its_batch(tiny):
     # float64, so that a batch-size-dependent summation order cannot hide a real dependence.
     model = copy.deepcopy(tiny).double()

@@ -15,6 +15,7 @@ import pytest
 import torch
 import trimesh
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from pvd.data.cameras import R2N2_FOCAL_NDC, intrinsics_from_ndc_focal
 from pvd.diffusion.gaussian import GaussianDiffusion
@@ -169,6 +170,77 @@ def test_silhouette_symmetry_mirrors_the_back_view():
     front[:, 0] = True
     assert D.silhouette_symmetry(front, front[:, ::-1]) == 1.0
     assert D.silhouette_symmetry(front, front) == 0.0
+
+
+class DrawLog(TorchFunctionMode):
+    """Records every random draw made under it as (function name, generator, the device the draw
+    is made on, whether the caller named that device): a factory's ``device=`` (else the host), or
+    the input's device for *_like and in-place draws."""
+
+    FACTORIES = {torch.rand, torch.randn, torch.randint, torch.randperm, torch.normal}
+    LIKE = {torch.rand_like, torch.randn_like, torch.randint_like, torch.bernoulli, torch.multinomial,
+            torch.Tensor.uniform_, torch.Tensor.normal_, torch.Tensor.random_, torch.Tensor.bernoulli_}
+
+    def __init__(self):
+        super().__init__()
+        self.draws: list[tuple[str, torch.Generator | None, torch.device, bool]] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self.FACTORIES or func in self.LIKE:
+            named = kwargs.get("device") is not None or func in self.LIKE
+            where = kwargs.get("device") or (args[0].device if func in self.LIKE else "cpu")
+            self.draws.append((func.__name__, kwargs.get("generator"), torch.device(where), named))
+        return func(*args, **kwargs)
+
+
+def same_device(a: torch.device, b: torch.device) -> bool:
+    """cuda and cuda:0 are one device (a generator reports its index, a draw's device= may not)."""
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
+
+
+class DevicePrior(nn.Module):
+    """A prior that predicts x0 = 0 and records the devices of what it is given."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.config = dataclasses.make_dataclass("C", ["image_size"])(size)
+        self.scale = nn.Parameter(torch.ones(()))
+        self.seen: set[torch.device] = set()
+
+    def forward(self, x_t, t, cond):
+        self.seen |= {x_t.device, t.device, cond.input_view.device, cond.camera.device, cond.dropped().device}
+        return torch.zeros_like(x_t) * self.scale
+
+
+def test_sds_draws_on_the_device_with_a_generator_of_that_device(device):
+    # A generator feeds draws only on its own device (on CUDA a CPU generator is an error): the
+    # cameras and timesteps come from a host stream, the render jitter and the SDS noise from a
+    # second stream on the field's device, and the prior gets all its inputs on that device.
+    ref = D.Camera(30.0, 25.0, 1.4, K16, SIZE)
+    image = render_rgba(box_field(), ref, SIZE)
+    cfg = small_config(iterations=3, field=FieldConfig(resolution=8), ref_size=8, num_samples=6, num_points=64,
+                       novel_views=2)
+    prior = DevicePrior(8).to(device)
+    with DrawLog() as log:
+        result = D.distill(prior, x0_diffusion(), image, ref, cfg, device=device)
+    field_device = result.field.density.device
+    assert same_device(field_device, device) and result.evaluations == 6
+    assert prior.seen and all(same_device(d, device) for d in prior.seen), prior.seen
+    assert log.draws and all(g is not None for _, g, _, _ in log.draws)  # every draw seeded
+    mismatched = [(name, g.device, where) for name, g, where, _ in log.draws if not same_device(g.device, where)]
+    assert not mismatched, mismatched
+    on_device = [(name, g) for name, g, where, named in log.draws if named and same_device(where, device)]
+    on_host = [g for name, g, where, named in log.draws if not named]
+    # per iteration: two renders' jitter and the SDS noise, made where the field lives
+    assert sorted(name for name, _ in on_device) == ["rand"] * 6 + ["randn"] * 3, on_device
+    assert all(same_device(g.device, device) for _, g in on_device)
+    assert on_host and all(g.device.type == "cpu" for g in on_host)  # cameras and timesteps
+    # two streams: the device's generator is not the host's (which, on CUDA, could not feed it)
+    assert not {id(g) for _, g in on_device} & {id(g) for g in on_host}
+    if device.type == "cpu":  # a fixed seed, the same field (CUDA's atomics in grid_sample's backward are not bitwise)
+        again = D.distill(DevicePrior(8), x0_diffusion(), image, ref, cfg, device=device)
+        assert torch.equal(again.field.density, result.field.density) and torch.equal(again.field.color, result.field.color)
 
 
 # ---- the command ----------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import torch
 from pvd import checkpoint
 from pvd.diffusion import make_diffusion
 from pvd.errors import UserError
+from pvd.runtime import pick_device
 from pvd.sds import train_prior
 from pvd.sds.prior import (PriorConfig, PriorTrainConfig, ViewCondition, ViewPrior, from_prior_image, load_prior,
                            predict_eps, relative_camera, sample_novel_views, to_prior_image)
@@ -259,6 +260,57 @@ def test_tiny_run_checkpoint_round_trip_and_resume(pipeline_data, tmp_path):
         train_prior.parse_config(tiny_args(pipeline_data, tmp_path / "b", "resume=true", "lr=0.1"))
     with pytest.raises(UserError, match="already holds a run"):
         train_prior.main(tiny_args(pipeline_data, tmp_path / "b"))
+
+
+def test_training_runs_on_the_requested_device(pipeline_data, tmp_path, device, monkeypatch):
+    # the model and every batch on device=, under that device's autocast; the run continues
+    # on another device (device may change on resume) and its checkpoint reads back on the host
+    seen = []
+    forward = ViewPrior.forward
+
+    def recording(self, x_t, t, cond):
+        seen.append(({next(self.parameters()).device, x_t.device, t.device, cond.input_view.device, cond.camera.device,
+                      cond.dropped().device}, torch.is_autocast_enabled(device.type)))
+        return forward(self, x_t, t, cond)
+
+    monkeypatch.setattr(ViewPrior, "forward", recording)
+    run = tmp_path / "run"
+    assert train_prior.main(tiny_args(pipeline_data, run, f"device={device}", "bf16=true", "max_steps=2")) == 0
+    assert len(seen) == 2
+    for devices, autocast in seen:
+        assert {d.type for d in devices} == {device.type} and autocast, (devices, autocast)
+    stats = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
+    assert len(stats) == 2 and all(math.isfinite(e["loss"]) for e in stats)
+    for e in stats:  # one step per line: its loss is a weighted mean of its quartiles' means
+        means = [e[f"loss_q{q}"] for q in range(4) if e[f"loss_q{q}"] is not None]
+        assert means and min(means) * (1 - 1e-6) <= e["loss"] <= max(means) * (1 + 1e-6), e
+    assert train_prior.parse_config(tiny_args(pipeline_data, run, "resume=true", "device=auto")).device == "auto"
+    model, _, cfg = load_prior(run)
+    assert cfg.device == str(device) and next(model.parameters()).device.type == "cpu"
+
+
+def test_device_errors_are_one_line(pipeline_data, tmp_path, monkeypatch):
+    with pytest.raises(UserError, match="device must be auto, cpu, cuda or cuda:N, got 'tpu'") as e:
+        train_prior.main(tiny_args(pipeline_data, tmp_path / "a", "device=tpu"))
+    assert "\n" not in str(e.value)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match="device=cuda but no CUDA device is available"):
+        train_prior.main(tiny_args(pipeline_data, tmp_path / "b", "device=cuda"))
+    assert pick_device("auto", "device") == torch.device("cpu")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("gpu_bf16, amx", [(True, False), (False, True)])
+def test_bf16_follows_the_device(monkeypatch, gpu_bf16, amx):
+    # None: what the device computes fast (bf16 support on a GPU, AMX tiles on a CPU); else as set
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: gpu_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert train_prior.use_bf16(PriorTrainConfig(), cuda) == gpu_bf16
+    assert train_prior.use_bf16(PriorTrainConfig(), cpu) == amx
+    for explicit in (True, False):
+        assert train_prior.use_bf16(PriorTrainConfig(bf16=explicit), cuda) == explicit
+        assert train_prior.use_bf16(PriorTrainConfig(bf16=explicit), cpu) == explicit
 
 
 def test_load_prior_rejects_crafted_and_foreign_checkpoints(pipeline_data, tmp_path):

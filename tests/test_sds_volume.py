@@ -192,11 +192,13 @@ def test_constant_cube_alpha_is_one_minus_exp_of_the_chord(stratified):
     assert np.all(out["rgb"].permute(0, 2, 3, 1).reshape(-1, 3).numpy()[missed] == background.numpy())
 
 
-def test_stratified_samples_are_seeded_and_jittered():
-    field = random_field(np.random.default_rng(4), 6)
+def test_stratified_samples_are_seeded_and_jittered(device):
+    # the jitter is drawn where the field lives, from a generator on that device; host cameras are fine
+    field = random_field(np.random.default_rng(4), 6).to(device)
     k, e = random_cameras(np.random.default_rng(5), 1, 6, 6)
-    run = lambda seed: render(field, k, e, 6, 6, num_samples=8, generator=torch.Generator().manual_seed(seed))["rgb"]
+    run = lambda seed: render(field, k, e, 6, 6, num_samples=8, generator=torch.Generator(device).manual_seed(seed))["rgb"]
     midpoints = render(field, k, e, 6, 6, num_samples=8)["rgb"]
+    assert run(1).device.type == device.type
     assert torch.equal(run(1), run(1))
     assert not torch.allclose(run(1), run(2)) and not torch.allclose(run(1), midpoints)
 

@@ -162,6 +162,39 @@ def test_two_processes_match_one(data, tmp_path):
     assert moved > 0  # the comparison is not between untrained networks
 
 
+@pytest.mark.slow
+def test_two_processes_survive_local_batches_with_every_condition_dropped(data, tmp_path):
+    # At cond_drop 0.99 most local batches (2 samples per process) drop every condition: the
+    # conditioning layers must still take part in the graph, or DDP's reducer stops the run
+    # ("Expected to have finished reduction in the prior iteration").
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(ROOT / "train.py"), *args(data, tmp_path / "run", "cond_drop=0.99")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "(DDP)" in proc.stdout + proc.stderr
+    assert checkpoint.load(tmp_path / "run")["step"] == 6
+
+
+def test_processes_agree_on_a_stop_every_few_steps_not_every_step(tmp_path, monkeypatch):
+    import torch.distributed as dist
+    reduced = []
+
+    def all_reduce(tensor, op=None):
+        reduced.append(tensor.device.type)
+
+    assert not train.stop_agreed(False, 10, torch.device("cpu")) and train.stop_agreed(True, 3, torch.device("cpu"))
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        monkeypatch.setattr(dist, "all_reduce", all_reduce)
+        every = train.STOP_CHECK_EVERY
+        assert every > 1
+        stops = [step for step in range(1, 3 * every + 1) if train.stop_agreed(True, step, torch.device("cpu"))]
+    finally:
+        dist.destroy_process_group()
+    assert stops == [every, 2 * every, 3 * every]
+    assert reduced == ["cpu"] * 3  # one collective per check, on the given device
+
+
 def test_init_from_copies_weights_and_refuses_a_different_network(data, reference, tmp_path):
     run = tmp_path / "ft"
     assert train.main(args(data, run, f"init_from={reference}", "max_steps=1", "ckpt_every=1")) == 0

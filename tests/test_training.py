@@ -43,6 +43,29 @@ def test_shape_head_loss_needs_enough_truth_points():
         shape_head_loss(torch.zeros(1, 8, 3), torch.zeros(1, 4, 3), emd_weight=1.0)
 
 
+def test_shape_head_loss_under_bf16_autocast_matches_float32():
+    """Under bf16 autocast (CPU autocast follows CUDA's rules) the Chamfer term's nearest-neighbour
+    search stays in float32: in bf16 it picked wrong neighbours for ~13% of the points of these
+    2048-point clouds (jittered by 0.01, spacing ~0.08) and inflated the loss. The gradient still
+    reaches the regressed cloud, also when the head emits bf16 as an autocast network does."""
+    g = torch.Generator().manual_seed(0)
+    truth = torch.rand(2, 2048, 3, generator=g) * 2 - 1
+    regressed = (truth + 0.01 * torch.randn(2, 2048, 3, generator=g)).requires_grad_()
+    want = shape_head_loss(regressed, truth)
+    (want_grad,) = torch.autograd.grad(want.sum(), regressed)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = shape_head_loss(regressed, truth)
+    (got_grad,) = torch.autograd.grad(got.sum(), regressed)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
+    torch.testing.assert_close(got_grad, want_grad, rtol=1e-6, atol=1e-12)
+    low = regressed.detach().bfloat16().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = shape_head_loss(low, truth)
+    torch.testing.assert_close(got, shape_head_loss(low.detach().float(), truth), rtol=1e-6, atol=0)
+    (low_grad,) = torch.autograd.grad(got.sum(), low)
+    assert low_grad.dtype == torch.bfloat16 and low_grad.abs().sum() > 0
+
+
 def test_learning_rate_factors():
     assert [warmup_factor(s, 4) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
     assert warmup_factor(0, 0) == 1.0

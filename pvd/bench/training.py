@@ -58,12 +58,12 @@ def train_steps(args: argparse.Namespace) -> list[TrainStep]:
     alone, counted in the PVD step's time."""
     out = Path(args.out)
     py = sys.executable
-    dev = [f"device={args.device}"]
+    dev = [f"device={args.device}"]  # before the *_set overrides, which may still change it
     return [
         TrainStep("pvd", [py, str(ROOT / "train.py"), "image-2048", f"data.path={args.data}",
                           f"run_dir={out / 'pvd'}", *dev, *args.pvd_set], out / "pvd", True),
         TrainStep("sds", [py, "-m", "pvd.sds.train_prior", f"data={args.data}", f"run_dir={out / 'sds-prior'}",
-                          *args.prior_set], out / "sds-prior", True),
+                          *dev, *args.prior_set], out / "sds-prior", True),
         TrainStep("pfid", [py, "-m", "pvd.pfid", "train", "--data", args.data, "--out", str(out / "pfid"),
                            *pfid_options(args.pfid_set)], out / "pfid", False),
     ]

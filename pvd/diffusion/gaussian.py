@@ -59,6 +59,8 @@ class GaussianDiffusion:
         self.betas = f64(betas)
         self.alphas_cumprod = f64(alphas_cumprod)
         self.alphas_cumprod_prev = f64(prev)
+        self.sqrt_alphas_cumprod = f64(np.sqrt(alphas_cumprod))
+        self.sqrt_one_minus_alphas_cumprod = f64(np.sqrt(1 - alphas_cumprod))
         self.log_snr = f64(schedule_log_snr(betas))  # log(alpha_bar / (1 - alpha_bar)), decreasing
         # Ho et al. 2020, Eq. 7: q(x_{t-1} | x_t, x_0) = N(coef1 x_0 + coef2 x_t, beta-tilde)
         posterior_variance = betas * (1 - prev) / (1 - alphas_cumprod)
@@ -76,16 +78,38 @@ class GaussianDiffusion:
     # ---------------------------------------------------------------------------------------
     # Tables at timesteps
 
+    def on_device(self, table: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+        """One of this process's (T,) float64 tables, copied to ``device`` once and cached."""
+        device = torch.device(device)
+        if device.type == "cpu":
+            return table
+        cache = self.__dict__.setdefault("_device_tables", {})
+        key = (id(table), device)
+        if key not in cache:
+            cache[key] = table.to(device)
+        return cache[key]
+
     def _at(self, table: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """``table[t]`` for integer t (B,), as (B, 1, ...) broadcastable to x, in x's dtype and device."""
-        index = t.detach().cpu().round().long() if t.is_floating_point() else t.detach().cpu().long()
-        if index.min() < 0 or index.max() >= self.num_steps:
-            raise ValueError(f"timesteps must lie in 0..{self.num_steps - 1}")
-        return table[index].to(x.dtype).to(x.device).view(-1, *[1] * (x.ndim - 1))
+        """``table[t]`` for integer t (B,), as (B, 1, ...) broadcastable to x, in x's dtype and device.
+
+        The gather happens on t's device: no host round trip (and no sync) when t lives on a GPU.
+        """
+        index = t.detach().round().long() if t.is_floating_point() else t.detach().long()
+        _check_range(index, self.num_steps)
+        values = self.on_device(table, index.device)[index]
+        return values.to(device=x.device, dtype=x.dtype).view(-1, *[1] * (x.ndim - 1))
 
     def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """alpha = sqrt(alpha_bar) and sigma = sqrt(1 - alpha_bar) at t (B,), possibly fractional: (B,) float64, CPU."""
-        lsnr = torch.from_numpy(np.interp(t.detach().cpu().double().numpy(), np.arange(self.num_steps), self.log_snr.numpy()))
+        """alpha = sqrt(alpha_bar) and sigma = sqrt(1 - alpha_bar) at t (B,), possibly fractional:
+        (B,) float64 on t's device (log-SNR interpolated linearly between integer steps)."""
+        if t.device.type == "cpu":
+            lsnr = torch.from_numpy(np.interp(t.detach().double().numpy(), np.arange(self.num_steps), self.log_snr.numpy()))
+        else:  # the same interpolation with device ops
+            x = t.detach().double().clamp(0, self.num_steps - 1)
+            lo = x.floor().long().clamp(max=max(self.num_steps - 2, 0))
+            hi = (lo + 1).clamp(max=self.num_steps - 1)
+            table = self.on_device(self.log_snr, t.device)
+            lsnr = table[lo] + (x - lo) * (table[hi] - table[lo])
         return torch.sigmoid(lsnr).sqrt(), torch.sigmoid(-lsnr).sqrt()
 
     def t_at_log_snr(self, lsnr: np.ndarray) -> np.ndarray:
@@ -105,7 +129,7 @@ class GaussianDiffusion:
 
         x0, noise: (B, N, 3); t: (B,) integer timesteps. Returns (B, N, 3) in x0's dtype.
         """
-        return self._at(self.alphas_cumprod.sqrt(), t, x0) * x0 + self._at((1 - self.alphas_cumprod).sqrt(), t, x0) * noise
+        return self._at(self.sqrt_alphas_cumprod, t, x0) * x0 + self._at(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
 
     def q_posterior(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Mean (B, N, 3), variance and log-variance (B, 1, 1) of q(x_{t-1} | x_t, x0) (Ho et al. 2020, Eqs. 6-7)."""
@@ -149,7 +173,7 @@ class GaussianDiffusion:
             return noise
         if self.mean_type == "x0":
             return x0
-        return self._at(self.alphas_cumprod.sqrt(), t, x0) * noise - self._at((1 - self.alphas_cumprod).sqrt(), t, x0) * x0
+        return self._at(self.sqrt_alphas_cumprod, t, x0) * noise - self._at(self.sqrt_one_minus_alphas_cumprod, t, x0) * x0
 
     # ---------------------------------------------------------------------------------------
     # Training
@@ -164,14 +188,14 @@ class GaussianDiffusion:
         return torch.randint(0, high, (batch_size,), generator=generator, device=device)
 
     def loss_weight(self, t: torch.Tensor) -> torch.Tensor:
-        """Per-sample loss weight (B,) float64, CPU: 1, or Min-SNR-gamma (Hang et al. 2023, Eq. 10).
+        """Per-sample loss weight (B,) float64 on t's device: 1, or Min-SNR-gamma (Hang et al. 2023, Eq. 10).
 
         Min-SNR weights the x0 error by min(SNR, gamma); in terms of the model's own target that
         is min(SNR, gamma) / SNR for eps and min(SNR, gamma) / (SNR + 1) for v.
         """
         if self.min_snr_gamma is None:
-            return torch.ones(len(t), dtype=torch.float64)
-        snr = self.log_snr[t.detach().cpu().long()].exp()
+            return torch.ones(len(t), dtype=torch.float64, device=t.device)
+        snr = self.on_device(self.log_snr, t.device)[t.detach().long()].exp()
         clipped = snr.clamp(max=self.min_snr_gamma)
         return {"eps": clipped / snr, "v": clipped / (snr + 1), "x0": clipped}[self.mean_type]
 
@@ -192,6 +216,12 @@ class GaussianDiffusion:
         out = model(x_t, t.to(_time_dtype(x0)), cond)[:, num_fixed:]
         mse = (out - self.target(free, t, noise)).square().flatten(1).mean(dim=1)
         return mse * self.loss_weight(t).to(mse.dtype).to(mse.device)
+
+
+def _check_range(index: torch.Tensor, num_steps: int) -> None:
+    """Timesteps outside 0..T-1 raise RuntimeError; asynchronously on an accelerator, since reading
+    the values back would stall the stream on every call."""
+    torch._assert_async(((index >= 0) & (index < num_steps)).all(), f"timesteps must lie in 0..{num_steps - 1}")
 
 
 def _float64_tensor(a) -> torch.Tensor:

@@ -101,15 +101,21 @@ class ConditionEmbedding(nn.Module):
         cond = cond if cond is not None else Condition(drop=torch.ones(b, dtype=torch.bool, device=t.device))
         drop = cond.dropped() if cond.batch_size else torch.ones(b, dtype=torch.bool, device=t.device)
         keep = ~drop
+        # Every layer runs on every sample and the mask picks its output or the null: a layer that
+        # a batch skips (all samples dropped) would leave DDP waiting for its gradients.
         emb = self.time(t)
         if cfg.image_dim:
-            image = torch.where(keep[:, None], self.image(_required(cond.image, "image", keep)), self.null_image) \
-                if keep.any() else self.null_image.expand(b, -1)
+            if cond.image is None:
+                image = _all_dropped(self.null_image.expand(b, -1), "image", drop)
+            else:
+                image = torch.where(keep[:, None], self.image(cond.image), self.null_image)
             emb = emb + image
         if cfg.num_categories:
-            label = torch.full((b,), cfg.num_categories, dtype=torch.long, device=t.device)
-            if keep.any():
-                label = torch.where(keep, _required(cond.category, "category", keep).long(), label)
+            null_label = torch.full((b,), cfg.num_categories, dtype=torch.long, device=t.device)
+            if cond.category is None:
+                label = _all_dropped(null_label, "category", drop)
+            else:
+                label = torch.where(keep, cond.category.long(), null_label)
             emb = emb + self.category(label)
         if cfg.cascade:
             level = _required(cond.coarse_level, "coarse_level")
@@ -117,15 +123,22 @@ class ConditionEmbedding(nn.Module):
         context = None
         if cfg.token_dim:
             null = self.null_token.expand(b, 1, -1)
-            if keep.any():
-                tokens = self.tokens(_required(cond.tokens, "tokens", keep))
-                context = torch.where(keep[:, None, None], tokens, null)
+            if cond.tokens is None:
+                context = _all_dropped(null, "tokens", drop)
             else:
-                context = null
+                context = torch.where(keep[:, None, None], self.tokens(cond.tokens), null)
         return emb, context
 
 
-def _required(value: Tensor | None, name: str, keep: Tensor | None = None) -> Tensor:
+def _all_dropped(null: Tensor, name: str, drop: Tensor) -> Tensor:
+    """A missing field is allowed only when every sample is dropped (a host sync, but only on this
+    path, which training never takes: it always passes the fields)."""
+    if not bool(drop.all()):
+        raise ValueError(f"this model needs Condition.{name} for the samples that are not dropped")
+    return null
+
+
+def _required(value: Tensor | None, name: str) -> Tensor:
     if value is None:
-        raise ValueError(f"this model needs Condition.{name}" + (" for the samples that are not dropped" if keep is not None else ""))
+        raise ValueError(f"this model needs Condition.{name}")
     return value

@@ -120,8 +120,8 @@ def _init_blob(field: VoxelField, cfg: DistillConfig) -> None:
         field.density.copy_((x - field.config.density_bias).clamp(min=0.0).to(field.density)[None, None])
 
 
-def _novel_camera(ref: Camera, cfg: DistillConfig, g: torch.Generator) -> Camera:
-    u = torch.rand(3, generator=g).tolist()
+def _novel_camera(ref: Camera, cfg: DistillConfig, host: torch.Generator) -> Camera:
+    u = torch.rand(3, generator=host).tolist()
     lo, hi = cfg.elevation_range
     dlo, dhi = cfg.distance_range
     return dataclasses.replace(ref, azimuth=ref.azimuth + 360 * u[0], elevation=lo + (hi - lo) * u[1],
@@ -143,9 +143,14 @@ def distill(prior, diffusion, image: np.ndarray, camera: Camera, cfg: DistillCon
     image: (H, W, 4) uint8 RGBA input view (alpha = object mask). camera: its camera.
     ground_truth: (M, 3) world-frame points; with ``eval_every`` > 0 the history records CD and
     F-score every ``eval_every`` iterations (for the quality curve).
+    device: where the field, the prior's inputs and every draw made for them live.
+    Two seeded streams: ``host`` for the cameras and timesteps (read on the host), ``dev`` on
+    ``device`` for the render jitter and the SDS noise (a generator can only feed draws on its
+    own device). A fixed seed gives the same result on a given device.
     """
     device = torch.device(device)
-    g = torch.Generator().manual_seed(cfg.seed)
+    host = torch.Generator().manual_seed(cfg.seed)
+    dev = torch.Generator(device).manual_seed(cfg.seed + 1)
     torch.manual_seed(cfg.seed)
     field = VoxelField(cfg.field).to(device)
     _init_blob(field, cfg)
@@ -162,27 +167,28 @@ def distill(prior, diffusion, image: np.ndarray, camera: Camera, cfg: DistillCon
     seconds, evaluations = 0.0, 0
     for it in range(cfg.iterations):
         tic = time.perf_counter()
-        out = volume.render(field, ref_k, ref_e, cfg.ref_size, cfg.ref_size, num_samples=cfg.num_samples, generator=g)
+        out = volume.render(field, ref_k, ref_e, cfg.ref_size, cfg.ref_size, num_samples=cfg.num_samples, generator=dev)
         loss = cfg.rgb_weight * (out["rgb"] - ref_rgb).square().mean() + cfg.mask_weight * (out["alpha"] - ref_alpha).square().mean()
         alpha_all = [out["alpha"]]
         if use_sds:
-            cams = [_novel_camera(camera, cfg, g) for _ in range(cfg.novel_views)]
+            cams = [_novel_camera(camera, cfg, host) for _ in range(cfg.novel_views)]
             ks, es = zip(*(c.tensors(size) for c in cams))
             novel = volume.render(field, torch.cat(ks).to(device), torch.cat(es).to(device), size, size,
-                                  num_samples=cfg.num_samples, generator=g)
+                                  num_samples=cfg.num_samples, generator=dev)
             alpha_all.append(novel["alpha"].flatten(1))
             x = _prior_input(novel)
             t_max = cfg.t_max + (cfg.t_max_end - cfg.t_max) * it / max(cfg.iterations - 1, 1)
-            frac = cfg.t_min + (t_max - cfg.t_min) * torch.rand(len(cams), generator=g)
-            t = (frac * (diffusion.num_steps - 1)).round().long()
-            noise = torch.randn(x.shape, generator=g).to(device)
+            frac = cfg.t_min + (t_max - cfg.t_min) * torch.rand(len(cams), generator=host)
+            t = (frac * (diffusion.num_steps - 1)).round().long()  # on the host, where the tables are read
+            noise = torch.randn(x.shape, generator=dev, dtype=x.dtype, device=device)
             rel = relative_camera(*(torch.full((len(cams),), v, dtype=torch.float32) for v in
                                     (camera.elevation, camera.azimuth, camera.distance)),
                                   torch.tensor([c.elevation for c in cams]), torch.tensor([c.azimuth for c in cams]),
                                   torch.tensor([c.distance for c in cams])).to(device)
             with torch.no_grad():
                 x_t = diffusion.q_sample(x.detach(), t, noise)
-                eps_hat = predict_eps(prior, diffusion, x_t, t, ViewCondition(input_view=cond_view, camera=rel), cfg.guidance)
+                eps_hat = predict_eps(prior, diffusion, x_t, t.to(device), ViewCondition(input_view=cond_view, camera=rel),
+                                      cfg.guidance)
             evaluations += len(cams)
             loss = loss + cfg.sds_weight * sds_loss(x, sds_gradient(diffusion, eps_hat, noise, t, cfg.grad_clip))
         alpha = torch.cat([a.flatten() for a in alpha_all])
@@ -209,7 +215,8 @@ def distill(prior, diffusion, image: np.ndarray, camera: Camera, cfg: DistillCon
 def sds_gradient(diffusion, eps_hat: Tensor, noise: Tensor, t: Tensor, clip: float = 0.0) -> Tensor:
     """The SDS gradient w(t) (eps_hat - eps) (B, C, H, W), w(t) = 1 - alpha_bar_t, NaNs zeroed and,
     with ``clip`` > 0, each element clamped to [-clip, clip]. t: (B,) integer timesteps."""
-    w = (1 - diffusion.alphas_cumprod[t.cpu()]).to(eps_hat).view(-1, *[1] * (eps_hat.ndim - 1))
+    # indexed where t lives (a host t costs the device no sync), then moved to eps_hat
+    w = (1 - diffusion.on_device(diffusion.alphas_cumprod, t.device)[t]).to(eps_hat).view(-1, *[1] * (eps_hat.ndim - 1))
     grad = torch.nan_to_num(w * (eps_hat - noise))
     return grad.clamp(-clip, clip) if clip > 0 else grad
 

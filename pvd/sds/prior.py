@@ -316,9 +316,10 @@ class PriorTrainConfig:
     # torch intra-op threads (0: torch's default). One: on 2 cores shared with other jobs a
     # second thread made steps 10x slower (5 s instead of 0.5 s at batch 48); set 2 on idle cores
     threads: int = 1
-    # bf16 autocast for the training steps; None: on where the CPU has AMX tiles, which makes
-    # the step 2x faster (0.56 vs 1.12 s at batch 48 on one Sapphire Rapids core)
+    # bf16 autocast for the training steps; None: on a GPU where it supports bf16, on a CPU where
+    # it has AMX tiles, which makes the step 2x faster (0.56 vs 1.12 s at batch 48 on one Sapphire Rapids core)
     bf16: bool | None = None
+    device: str = "auto"  # auto (CUDA when available, else CPU) | cpu | cuda | cuda:N
 
 
 def check_config(cfg: PriorTrainConfig) -> None:

@@ -9,8 +9,9 @@ Arguments are ``key=value`` on the fields of ``pvd.sds.prior.PriorTrainConfig`` 
 the input view conditions, the target view is diffused, and their relative camera comes from
 the stored elevation, azimuth and distance (no flips: a mirrored image would contradict its
 camera). Every draw of a sample (shape, views, timestep, noise, condition drop) is keyed to
-(seed, step, sample index) and dropout to (seed, step), so a resumed run ends bitwise equal
-(on CPU) to one that never stopped. Output: RUN/config.json, RUN/stats.jsonl, RUN/checkpoints/.
+(seed, step, sample index) and made on the host, and dropout to (seed, step), so a resumed run
+ends bitwise equal (on CPU) to one that never stopped. ``device=`` picks where the model and its
+batches live (auto: CUDA when available). Output: RUN/config.json, RUN/stats.jsonl, RUN/checkpoints/.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import copy
 import json
 import os
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,13 +33,14 @@ from pvd.config import apply_overrides, to_dict
 from pvd.data.hdf5 import SPLITS, open_dataset_file
 from pvd.diffusion import GaussianDiffusion, make_diffusion
 from pvd.errors import UserError, run_command
-from pvd.runtime import reexec_with_malloc_settings
+from pvd.runtime import pick_device, reexec_with_malloc_settings
 from pvd.sds.prior import (RUN_KEY, PriorTrainConfig, ViewCondition, ViewPrior, check_config, relative_camera, stored_config,
                            to_prior_image)
-from pvd.training import cosine_factor, derive_seed, ema_update, warmup_factor
+from pvd.training import LossWindow, cosine_factor, derive_seed, ema_update, warmup_factor
 
-# Fields a resumed run may change: they do not alter the weights it computes up to a step.
-RESUMABLE = {"max_steps", "run_dir", "resume", "log_every", "ckpt_every", "keep", "threads"}
+# Fields a resumed run may change: they do not alter the weights it computes up to a step (device:
+# up to rounding, so that a run started on one machine can continue on another).
+RESUMABLE = {"max_steps", "run_dir", "resume", "log_every", "ckpt_every", "keep", "threads", "device"}
 _READ_SHAPES = 100  # shapes per HDF5 read while converting views (bounds the uint8 buffer)
 
 
@@ -110,10 +111,13 @@ def view_batch(views: ViewSet, diffusion: GaussianDiffusion, keys: list[int], co
     return views.images[shape, dst], torch.cat(t), torch.stack(noise), cond
 
 
-def use_bf16(cfg: PriorTrainConfig) -> bool:
-    """Whether the steps run under bf16 autocast: ``cfg.bf16``, or when None, whether the CPU has AMX."""
+def use_bf16(cfg: PriorTrainConfig, device: torch.device) -> bool:
+    """Whether the steps run under bf16 autocast: ``cfg.bf16``, or when None, whether the
+    device computes it fast: a GPU that supports bf16, a CPU with AMX tiles."""
     if cfg.bf16 is not None:
         return cfg.bf16
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
     return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
 
 
@@ -146,19 +150,20 @@ def train(cfg: PriorTrainConfig) -> Path:
     run_dir = Path(cfg.run_dir)
     if not cfg.resume and checkpoint.list_checkpoints(run_dir):
         raise UserError(f"{run_dir} already holds a run: resume=true continues it, or choose another run_dir")
+    device = pick_device(cfg.device, "device")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    bf16 = use_bf16(cfg)
-    views = read_views(cfg.data, "train", cfg.model.image_size)
+    bf16 = use_bf16(cfg, device)
+    views = read_views(cfg.data, "train", cfg.model.image_size)  # on the host; each batch moves to the device
     diffusion = make_diffusion(cfg.diffusion)
     torch.manual_seed(cfg.seed)
-    model = ViewPrior(cfg.model)
+    model = ViewPrior(cfg.model).to(device)  # initialised on the host: the same weights on every device
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     record = json.dumps({RUN_KEY: to_dict(cfg)})
     step = 0
     if cfg.resume:
-        ckpt = checkpoint.load(run_dir)
+        ckpt = checkpoint.load(run_dir, map_location=device)
         model.load_state_dict(ckpt["model"])
         ema.load_state_dict(ckpt["ema"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -168,8 +173,9 @@ def train(cfg: PriorTrainConfig) -> Path:
         (run_dir / "stats.jsonl").unlink(missing_ok=True)
     (run_dir / "config.json").write_text(json.dumps(json.loads(record), indent=2) + "\n")
     params = sum(p.numel() for p in model.parameters())
-    tqdm.write(f"{'resuming' if cfg.resume else 'training'} the view prior, {params:,} parameters, {torch.get_num_threads()} "
-               f"threads{', bf16' if bf16 else ''}: {views.images.shape[0]} shapes x {views.images.shape[1]} views at {cfg.model.image_size}px, "
+    where = f"{torch.get_num_threads()} threads" if device.type == "cpu" else str(device)
+    tqdm.write(f"{'resuming' if cfg.resume else 'training'} the view prior, {params:,} parameters, {where}"
+               f"{', bf16' if bf16 else ''}: {views.images.shape[0]} shapes x {views.images.shape[1]} views at {cfg.model.image_size}px, "
                f"steps {step}..{cfg.max_steps} -> {run_dir}")
 
     def save(at_step: int) -> Path:
@@ -177,7 +183,7 @@ def train(cfg: PriorTrainConfig) -> Path:
         return checkpoint.save(run_dir, at_step, payload, cfg.keep)
 
     bar = tqdm(total=cfg.max_steps, initial=step, unit="step", dynamic_ncols=True)
-    window = {"loss": 0.0, "count": 0, "start": time.perf_counter(), "quartiles": np.zeros((4, 2))}
+    window = LossWindow(1, diffusion.num_steps, device)
     path = None
     while step < cfg.max_steps:
         torch.manual_seed(derive_seed(cfg.seed, step))  # dropout
@@ -185,9 +191,10 @@ def train(cfg: PriorTrainConfig) -> Path:
         for group in optimizer.param_groups:
             group["lr"] = lr
         keys = [derive_seed(cfg.seed, step, i) for i in range(cfg.batch_size)]
-        x0, t, noise, cond = view_batch(views, diffusion, keys, cfg.cond_drop)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            per_sample = diffusion.loss(model, x0, t, cond, noise=noise)
+        x0, t, noise, cond = view_batch(views, diffusion, keys, cfg.cond_drop)  # drawn on the host
+        x0, t_dev, noise, cond = x0.to(device), t.to(device), noise.to(device), cond.to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            per_sample = diffusion.loss(model, x0, t_dev, cond, noise=noise)
         loss = per_sample.mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -198,21 +205,12 @@ def train(cfg: PriorTrainConfig) -> Path:
         step += 1
         bar.update(1)
 
-        window["loss"] += loss.item()
-        window["count"] += 1
-        quartile = (t * 4 // diffusion.num_steps).clamp(max=3)
-        for q in range(4):
-            window["quartiles"][q] += (float(per_sample.detach()[quartile == q].sum()), int((quartile == q).sum()))
+        window.add(loss, per_sample.detach()[None], t_dev[None])
         if step % cfg.log_every == 0 or step == cfg.max_steps:
-            elapsed = time.perf_counter() - window["start"]
-            entry = {"step": step, "loss": window["loss"] / window["count"], "lr": lr,
-                     "samples_per_s": window["count"] * cfg.batch_size / elapsed}
-            for q, (total, count) in enumerate(window["quartiles"]):
-                entry[f"loss_q{q}"] = total / count if count else None
+            entry = {"step": step, "lr": lr, **window.read(cfg.batch_size, per_stage=False)}
             with open(run_dir / "stats.jsonl", "a") as f:
                 f.write(json.dumps(entry) + "\n")
             tqdm.write(f"step {step}/{cfg.max_steps} loss {entry['loss']:.4f} lr {lr:.2e} {entry['samples_per_s']:.1f} samples/s")
-            window.update(loss=0.0, count=0, start=time.perf_counter(), quartiles=np.zeros((4, 2)))
         if step % cfg.ckpt_every == 0 or step == cfg.max_steps:
             path = save(step)
     bar.close()
