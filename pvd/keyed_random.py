@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from pvd.diffusion.cascade import augment, take
+
 _U64 = 1 << 64
 GAMMA = 0x9E3779B97F4A7C15  # 2^64 / golden ratio, odd: the Weyl sequence's increment
 _MIX1, _MIX2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB  # splitmix64's finaliser (Stafford's Mix13)
@@ -163,11 +165,6 @@ def _stream(k: int, kind: int) -> int:
     return 1 + 8 * k + kind
 
 
-def _take(points: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Rows' points at index: (B, N, 3), (B, m) -> (B, m, 3)."""
-    return points.gather(1, index.unsqueeze(-1).expand(-1, -1, points.shape[2]))
-
-
 def training_draws(stages: Sequence[Any], x0: torch.Tensor, keys: torch.Tensor, cond_drop: float) -> dict[str, Any]:
     """Every random draw of a training batch, for every stage, keyed per sample and made on x0's device.
 
@@ -198,23 +195,17 @@ def training_draws(stages: Sequence[Any], x0: torch.Tensor, keys: torch.Tensor, 
         m = stage.num_points
         if m > n:
             raise ValueError(f"cannot take {m} of {n} points")
-        points = x0 if m == n else _take(x0, subset(keys, n, m, _stream(k, _POINTS)))
+        points = x0 if m == n else take(x0, subset(keys, n, m, _stream(k, _POINTS)))
         coarse = level = None
         if k > 0:
             lo, hi = stage.config.aug_level_train
             level64 = lo + (hi - lo) * uniform(keys, (), _stream(k, _LEVEL))
             m_prev = stages[k - 1].num_points
-            sub = points if m_prev == m else _take(points, subset(keys, m, m_prev, _stream(k, _COARSE)))
-            a = level64.to(x0.dtype).view(-1, 1, 1)
-            eps = normal(keys, (m_prev, 3), _stream(k, _AUG_NOISE), x0.dtype)
-            coarse = (1 - a.square()).sqrt() * sub + a * eps
+            sub = points if m_prev == m else take(points, subset(keys, m, m_prev, _stream(k, _COARSE)))
+            coarse = augment(sub, level64, noise=normal(keys, (m_prev, 3), _stream(k, _AUG_NOISE), x0.dtype))
             level = level64.to(x0.dtype)
-        diffusion = stage.diffusion
-        high = diffusion.num_steps if stage.t_max is None else stage.t_max + 1
-        if not 1 <= high <= diffusion.num_steps:
-            raise ValueError(f"t_max must lie in 0..{diffusion.num_steps - 1}, got {stage.t_max}")
         out["points"].append(points)
-        out["t"].append(randint(keys, high, (), _stream(k, _T)))
+        out["t"].append(randint(keys, stage.diffusion.timestep_count(stage.t_max), (), _stream(k, _T)))
         out["noise"].append(normal(keys, (m, 3), _stream(k, _NOISE), x0.dtype))
         out["coarse"].append(coarse)
         out["level"].append(level)

@@ -13,7 +13,7 @@ import train
 
 # Ops whose result (or output size) the host must read back: each is a device sync on a GPU.
 SYNC_OPS = {"_local_scalar_dense", "nonzero", "masked_select", "bincount", "unique", "_unique2", "unique_consecutive",
-            "repeat_interleave", "item"}
+            "repeat_interleave"}
 # Work that stays on the host in a GPU run too: the optimiser's step counter (a CPU tensor unless
 # capturable) and the DataLoader's per-epoch base seed.
 HOST_SIDE = (f"torch{os.sep}optim{os.sep}", f"torch{os.sep}utils{os.sep}data{os.sep}")

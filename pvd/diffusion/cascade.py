@@ -98,15 +98,22 @@ def subsample(points: torch.Tensor, num: int, generator: torch.Generator | None 
     if num == n:
         return points
     keys = torch.rand((b, n), generator=generator, device=generator.device if generator is not None else points.device)
-    index = keys.argsort(dim=1)[:, :num].to(points.device)
+    return take(points, keys.argsort(dim=1)[:, :num].to(points.device))
+
+
+def take(points: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Each cloud's points at its indices: (B, N, 3), (B, M) int64 -> (B, M, 3)."""
     return points.gather(1, index.unsqueeze(-1).expand(-1, -1, points.shape[2]))
 
 
-def augment(coarse: torch.Tensor, level: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Conditioning augmentation: sqrt(1 - a^2) coarse + a eps, with a = level (B,) in [0, 1]. coarse: (B, M, 3)."""
+def augment(coarse: torch.Tensor, level: torch.Tensor, generator: torch.Generator | None = None,
+            noise: torch.Tensor | None = None) -> torch.Tensor:
+    """Conditioning augmentation: sqrt(1 - a^2) coarse + a eps, with a = level (B,) in [0, 1]. coarse: (B, M, 3);
+    eps is ``noise`` (B, M, 3) when given, else drawn with ``generator``."""
     a = level.to(coarse.dtype).view(-1, 1, 1)
-    noise = torch.randn(coarse.shape, generator=generator, dtype=coarse.dtype,
-                        device=generator.device if generator is not None else coarse.device).to(coarse.device)
+    if noise is None:
+        noise = torch.randn(coarse.shape, generator=generator, dtype=coarse.dtype,
+                            device=generator.device if generator is not None else coarse.device).to(coarse.device)
     return (1 - a.square()).sqrt() * coarse + a * noise
 
 

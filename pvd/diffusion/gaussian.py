@@ -182,10 +182,14 @@ class GaussianDiffusion:
                  t_max: int | None = None) -> torch.Tensor:
         """Timesteps drawn uniformly from 0..T-1 (PVD), or from 0..t_max (a stage that covers only
         the low-noise part, ``pvd.diffusion.hierarchy``): (batch_size,) long."""
+        return torch.randint(0, self.timestep_count(t_max), (batch_size,), generator=generator, device=device)
+
+    def timestep_count(self, t_max: int | None = None) -> int:
+        """How many timesteps training draws from: t_max + 1 (all T when None); checks t_max."""
         high = self.num_steps if t_max is None else t_max + 1
         if not 1 <= high <= self.num_steps:
             raise ValueError(f"t_max must lie in 0..{self.num_steps - 1}, got {t_max}")
-        return torch.randint(0, high, (batch_size,), generator=generator, device=device)
+        return high
 
     def loss_weight(self, t: torch.Tensor) -> torch.Tensor:
         """Per-sample loss weight (B,) float64 on t's device: 1, or Min-SNR-gamma (Hang et al. 2023, Eq. 10).
