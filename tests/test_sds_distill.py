@@ -54,30 +54,34 @@ def render_rgba(field: VoxelField, camera: D.Camera, size: int) -> np.ndarray:
     return (rgba.clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
 
 
-class OraclePrior(nn.Module):
-    """Predicts x0 = the true field rendered from the camera the condition asks for."""
-
-    def __init__(self, truth: VoxelField, reference: D.Camera, size: int):
-        super().__init__()
-        self.truth, self.reference = truth, reference
-        self.config = dataclasses.make_dataclass("C", ["image_size"])(size)
-
-    def forward(self, x_t, t, cond):
-        out = []
-        for rel in cond.camera:
-            d_el, s, c, d_dist = rel.tolist()
-            cam = dataclasses.replace(self.reference, elevation=self.reference.elevation + math.degrees(d_el),
-                                      azimuth=self.reference.azimuth + math.degrees(math.atan2(s, c)),
-                                      distance=self.reference.distance + d_dist)
-            k, e = cam.tensors(x_t.shape[-1])
-            with torch.no_grad():
-                r = volume.render(self.truth, k, e, x_t.shape[-1], x_t.shape[-1], num_samples=48)
-            out.append(torch.cat([r["rgb"], r["alpha"]], 1) * 2 - 1)
-        return torch.cat(out)
-
-
 def x0_diffusion() -> GaussianDiffusion:
     return GaussianDiffusion(make_betas("linear", 1000), mean_type="x0")
+
+
+class OraclePrior:
+    """A ``ViewPrior`` whose denoised view is the true field rendered from the wanted camera."""
+
+    def __init__(self, truth: VoxelField, reference: D.Camera, size: int):
+        self.truth, self.reference, self.image_size = truth, reference, size
+        self.process = x0_diffusion()
+        self.alphas_cumprod = self.process.alphas_cumprod
+
+    def predict_noise(self, x_t, t, input_view, cameras, guidance):
+        out = []
+        for elevation, azimuth, distance in cameras[:, 3:].tolist():  # the wanted camera, in the world frame
+            cam = dataclasses.replace(self.reference, elevation=elevation, azimuth=azimuth, distance=distance)
+            k, e = cam.tensors(self.image_size)
+            with torch.no_grad():
+                r = volume.render(self.truth, k, e, self.image_size, self.image_size, num_samples=48)
+            out.append(torch.cat([r["rgb"], r["alpha"]], 1) * 2 - 1)
+        return self.process.predict_eps(x_t, t, torch.cat(out))
+
+
+def test_the_stand_in_priors_follow_the_protocol():
+    from pvd.sds.view_prior import ViewPrior
+    assert isinstance(OraclePrior(box_field(), D.Camera(0.0, 25.0, 1.4, K16, SIZE), SIZE), ViewPrior)
+    assert isinstance(DevicePrior(8), ViewPrior)
+    assert not isinstance(object(), ViewPrior)
 
 
 def test_sds_gradient_of_an_x0_model_points_at_its_prediction():
@@ -121,7 +125,7 @@ def test_reference_view_fit_reproduces_the_silhouette():
     ref = D.Camera(30.0, 25.0, 1.4, K16, SIZE)
     image = render_rgba(truth, ref, SIZE)
     cfg = small_config(sds_weight=0.0, iterations=80)
-    result = D.distill(None, None, image, ref, cfg)
+    result = D.distill(None, image, ref, cfg)
     rendered = D.render_view(result.field, ref, cfg)
     iou = D._mask_iou(rendered[..., 3] > 0.5, image[..., 3] > 127)
     assert iou > 0.85
@@ -137,8 +141,8 @@ def test_sds_with_an_oracle_prior_recovers_hidden_depth():
     gt = D.surface(truth, small_config())[1]
     prior = OraclePrior(truth, ref, SIZE)
     common = dict(iterations=200, guidance=1.0, seed=1)
-    ref_only = D.distill(None, None, image, ref, small_config(sds_weight=0.0, **common), ground_truth=gt, eval_every=200)
-    with_sds = D.distill(prior, x0_diffusion(), image, ref, small_config(sds_weight=2.0, **common),
+    ref_only = D.distill(None, image, ref, small_config(sds_weight=0.0, **common), ground_truth=gt, eval_every=200)
+    with_sds = D.distill(prior, image, ref, small_config(sds_weight=2.0, **common),
                          ground_truth=gt, eval_every=200)
     assert with_sds.evaluations == 200
     cd_ref, cd_sds = ref_only.history[-1]["cd"], with_sds.history[-1]["cd"]
@@ -200,17 +204,19 @@ def same_device(a: torch.device, b: torch.device) -> bool:
 
 
 class DevicePrior(nn.Module):
-    """A prior that predicts x0 = 0 and records the devices of what it is given."""
+    """A ``ViewPrior`` that predicts x0 = 0 and records the devices of what it is given."""
 
     def __init__(self, size: int):
         super().__init__()
-        self.config = dataclasses.make_dataclass("C", ["image_size"])(size)
+        self.image_size = size
+        self.process = x0_diffusion()
+        self.alphas_cumprod = self.process.alphas_cumprod
         self.scale = nn.Parameter(torch.ones(()))
         self.seen: set[torch.device] = set()
 
-    def forward(self, x_t, t, cond):
-        self.seen |= {x_t.device, t.device, cond.input_view.device, cond.camera.device, cond.dropped().device}
-        return torch.zeros_like(x_t) * self.scale
+    def predict_noise(self, x_t, t, input_view, cameras, guidance):
+        self.seen |= {x_t.device, t.device, input_view.device, cameras.device}
+        return self.process.predict_eps(x_t, t, torch.zeros_like(x_t) * self.scale)
 
 
 def test_sds_draws_on_the_device_with_a_generator_of_that_device(device):
@@ -223,7 +229,7 @@ def test_sds_draws_on_the_device_with_a_generator_of_that_device(device):
                        novel_views=2)
     prior = DevicePrior(8).to(device)
     with DrawLog() as log:
-        result = D.distill(prior, x0_diffusion(), image, ref, cfg, device=device)
+        result = D.distill(prior, image, ref, cfg, device=device)
     field_device = result.field.density.device
     assert same_device(field_device, device) and result.evaluations == 6
     assert prior.seen and all(same_device(d, device) for d in prior.seen), prior.seen
@@ -239,7 +245,7 @@ def test_sds_draws_on_the_device_with_a_generator_of_that_device(device):
     # two streams: the device's generator is not the host's (which, on CUDA, could not feed it)
     assert not {id(g) for _, g in on_device} & {id(g) for g in on_host}
     if device.type == "cpu":  # a fixed seed, the same field (CUDA's atomics in grid_sample's backward are not bitwise)
-        again = D.distill(DevicePrior(8), x0_diffusion(), image, ref, cfg, device=device)
+        again = D.distill(DevicePrior(8), image, ref, cfg, device=device)
         assert torch.equal(again.field.density, result.field.density) and torch.equal(again.field.color, result.field.color)
 
 
@@ -305,3 +311,70 @@ def test_the_real_command_rejects_bad_input_in_one_line(tmp_path):
     assert proc.stderr.startswith("error: ") and "no such image file" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+# ---- the Janus reference: the truth seen from behind ------------------------------------------
+
+def _job_args(data, **kw):
+    import argparse
+    return argparse.Namespace(data=str(data), split=kw.get("split", "val"), num=None, view=kw.get("view", 0))
+
+
+def _front_iou(f, row, job, threshold: int) -> float:
+    """IoU of the stored input view's mask (alpha > threshold) with ``_truth_silhouettes``'s front."""
+    from pvd.sds.__main__ import _truth_silhouettes
+    front, _ = _truth_silhouettes(f, row, job["camera"], f["cameras"]["intrinsics"][row, 0], f["points"][row])
+    return D._mask_iou(front, job["image"][..., 3] > threshold)
+
+
+def test_every_dataset_shape_gets_a_janus_reference_from_its_mesh_or_points(pipeline_data, tmp_path):
+    import h5py
+    from pvd.sds.__main__ import dataset_jobs
+    jobs = dataset_jobs(_job_args(pipeline_data))
+    assert jobs and all(0 <= job["gt_silhouette_symmetry"] <= 1 for job in jobs)  # none left without a reference
+    # the renderer behind it reproduces the stored views (16 px: a rim of antialiased pixels differs)
+    with h5py.File(pipeline_data) as f:
+        for job in jobs:
+            assert _front_iou(f, job["row"], job, 127) > 0.85, job["name"]
+    # a file without meshes (PC15k + R2N2) splats its points instead: 400 points, one pixel each,
+    # cover most of a 16 px silhouette (alpha > 0: a point on the rim lands on a partly covered pixel)
+    bare = tmp_path / "bare.h5"
+    with h5py.File(pipeline_data) as src, h5py.File(bare, "w") as dst:
+        for key in src:
+            if key != "mesh":
+                src.copy(key, dst)
+        dst.attrs.update(src.attrs)
+    bare_jobs = dataset_jobs(_job_args(bare))
+    assert all(0 <= job["gt_silhouette_symmetry"] <= 1 for job in bare_jobs)
+    with h5py.File(bare) as f:
+        assert "mesh" not in f
+        for job in bare_jobs:
+            assert _front_iou(f, job["row"], job, 0) > 0.6, job["name"]
+
+
+def test_the_back_silhouette_is_half_a_turn_round(tmp_path):
+    # a box centred on the origin is unchanged by a half turn about the vertical axis, so from
+    # behind (azimuth + 180, same elevation) it looks exactly as from the front; an L-shaped
+    # solid does not
+    import h5py
+    from pvd.sds.__main__ import _truth_silhouettes
+    box = trimesh.creation.box((0.5, 0.3, 0.4))
+    k64 = intrinsics_from_ndc_focal(R2N2_FOCAL_NDC, 64, 64)
+    cam = D.Camera(30.0, 25.0, 1.4, tuple(map(tuple, k64.tolist())), 64)
+    with h5py.File(tmp_path / "m.h5", "w") as f:
+        f.create_dataset("images", data=np.zeros((1, 1, 64, 64, 4), np.uint8))
+        f.create_dataset("mesh/vertices", data=np.asarray(box.vertices, np.float32))
+        f.create_dataset("mesh/faces", data=np.asarray(box.faces, np.int32))
+        f.create_dataset("mesh/vertex_offset", data=np.array([0, len(box.vertices)]))
+        f.create_dataset("mesh/face_offset", data=np.array([0, len(box.faces)]))
+        front, back = _truth_silhouettes(f, 0, cam, k64, np.zeros((1, 3)))
+        # an L-shaped solid (two boxes) does not: its back view mirrors to another silhouette
+        ell = trimesh.util.concatenate([box, trimesh.creation.box((0.2, 0.6, 0.2), transform=trimesh.transformations.translation_matrix([0.3, 0.15, 0.2]))])
+        del f["mesh"]
+        f.create_dataset("mesh/vertices", data=np.asarray(ell.vertices, np.float32))
+        f.create_dataset("mesh/faces", data=np.asarray(ell.faces, np.int32))
+        f.create_dataset("mesh/vertex_offset", data=np.array([0, len(ell.vertices)]))
+        f.create_dataset("mesh/face_offset", data=np.array([0, len(ell.faces)]))
+        l_front, l_back = _truth_silhouettes(f, 0, cam, k64, np.zeros((1, 3)))
+    assert front.sum() > 200 and D._mask_iou(front, back) > 0.95
+    assert D._mask_iou(l_front, l_back) < 0.8

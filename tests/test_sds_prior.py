@@ -3,6 +3,7 @@ guidance, and a tiny training run whose checkpoint ``load_prior`` reads back."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -19,8 +20,9 @@ from pvd.diffusion import make_diffusion
 from pvd.errors import UserError
 from pvd.runtime import pick_device
 from pvd.sds import train_prior
-from pvd.sds.prior import (PriorConfig, PriorTrainConfig, ViewCondition, ViewPrior, from_prior_image, load_prior,
-                           predict_eps, relative_camera, sample_novel_views, to_prior_image)
+from pvd.sds.prior import (PriorConfig, PriorTrainConfig, ViewCondition, ViewUNet, absolute_cameras, camera_pair,
+                           from_prior_image, load_prior, predict_eps, relative_camera, to_prior_image)
+from pvd.sds.view_prior import TrainedViewPrior, ViewPrior, noise_process, sample_views
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny steps: a second thread on busy cores only waits
@@ -33,11 +35,11 @@ def tiny_args(data, run_dir, *extra):
             "warmup_steps=1", *extra]
 
 
-def randomized(config: PriorConfig, seed: int = 0) -> ViewPrior:
+def randomized(config: PriorConfig, seed: int = 0) -> ViewUNet:
     """A network whose zero-initialised layers (output, residual branches, modulation) are not zero,
     so that every input reaches the output."""
     torch.manual_seed(seed)
-    model = ViewPrior(config).eval()
+    model = ViewUNet(config).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.1)
@@ -109,8 +111,8 @@ def test_from_prior_image_inverts_the_compositing():
 
 
 def test_relative_camera_hand_computed():
-    cam = relative_camera([30.0, 30.0, 25.0, 28.0], [350.0, 10.0, 0.0, 123.0], [1.5, 1.5, 1.2, 1.3],
-                          [25.0, 30.0, 25.0, 28.0], [10.0, 350.0, 90.0, 123.0], [1.2, 1.6, 1.2, 1.3])
+    cam = relative_camera(camera_pair([30.0, 30.0, 25.0, 28.0], [350.0, 10.0, 0.0, 123.0], [1.5, 1.5, 1.2, 1.3],
+                                      [25.0, 30.0, 25.0, 28.0], [10.0, 350.0, 90.0, 123.0], [1.2, 1.6, 1.2, 1.3]))
     expected = torch.tensor([
         [math.radians(-5), math.sin(math.radians(20)), math.cos(math.radians(20)), -0.3],  # 350 -> 10: +20, wraps
         [0.0, -math.sin(math.radians(20)), math.cos(math.radians(20)), 0.1],  # 10 -> 350: -20
@@ -120,14 +122,29 @@ def test_relative_camera_hand_computed():
     assert cam.shape == (4, 4) and cam.dtype == torch.float32
     torch.testing.assert_close(cam, expected, atol=1e-6, rtol=0)
     # 360 degrees apart is the same camera
-    torch.testing.assert_close(relative_camera([0], [5], [1], [0], [365], [1]), relative_camera([0], [5], [1], [0], [5], [1]))
+    torch.testing.assert_close(relative_camera(camera_pair(0, 5, 1, 0, 365, 1)), relative_camera(camera_pair(0, 5, 1, 0, 5, 1)))
+
+
+def test_absolute_cameras_hand_computed():
+    pair = camera_pair([30.0, 0.0], [90.0, 360.0], [1.5, 1.2], [25.0, 10.0], [180.0, 45.0], [1.2, 1.3])
+    assert pair.shape == (2, 6) and torch.equal(pair[0], torch.tensor([30.0, 90.0, 1.5, 25.0, 180.0, 1.2]))
+    r = math.radians
+    expected = torch.tensor([
+        [r(30), 1.0, 0.0, 1.5, r(25), 0.0, -1.0, 1.2],
+        [0.0, 0.0, 1.0, 1.2, r(10), math.sin(r(45)), math.cos(r(45)), 1.3],  # 360 degrees is 0
+    ])
+    torch.testing.assert_close(absolute_cameras(pair), expected, atol=1e-6, rtol=0)
+    # both cameras turned a quarter further: the same relative code, another absolute one
+    turned = camera_pair(30.0, 180.0, 1.5, 25.0, 270.0, 1.2)
+    torch.testing.assert_close(relative_camera(turned), relative_camera(pair[:1]), atol=1e-6, rtol=0)
+    assert (absolute_cameras(turned) - absolute_cameras(pair[:1])).abs().max() > 0.99
 
 
 # ---- the condition and the network ----------------------------------------------------------
 
 def test_view_condition_null_and_cat():
-    a = ViewCondition(views(2, 8, 0), torch.randn(2, 4))
-    b = ViewCondition(views(3, 8, 1), torch.randn(3, 4), torch.tensor([True, False, True]))
+    a = ViewCondition(views(2, 8, 0), torch.randn(2, 6))
+    b = ViewCondition(views(3, 8, 1), torch.randn(3, 6), torch.tensor([True, False, True]))
     assert a.batch_size == 2 and not a.dropped().any()
     null = a.null()
     assert null.drop.dtype == torch.bool and null.drop.all() and torch.equal(null.input_view, a.input_view)
@@ -138,13 +155,17 @@ def test_view_condition_null_and_cat():
     assert ViewCondition.cat([a, a]).drop is None
     assert ViewCondition.cat([a, a.null()]).drop.tolist() == [False, False, True, True]
     with pytest.raises(ValueError):
-        ViewCondition(views(2, 8, 0), torch.randn(3, 4))
+        ViewCondition(views(2, 8, 0), torch.randn(3, 6))
+    with pytest.raises(ValueError):
+        ViewCondition(views(2, 8, 0), torch.randn(2, 4))  # a relative code is not a camera pair
 
 
-def test_network_shape_and_condition_reach_the_output():
-    model = randomized(TINY)
+@pytest.mark.parametrize("options", [{}, {"camera": "absolute"}, {"cross_attention": True},
+                                     {"camera": "absolute", "cross_attention": True}])
+def test_network_shape_and_condition_reach_the_output(options):
+    model = randomized(dataclasses.replace(TINY, **options))
     x, t = views(2, 8, 0), torch.tensor([10.0, 500.0])
-    cond = ViewCondition(views(2, 8, 1), relative_camera([30, 30], [0, 0], [1.5, 1.5], [25, 30], [90, 180], [1.2, 1.5]))
+    cond = ViewCondition(views(2, 8, 1), camera_pair([30, 30], [0, 0], [1.5, 1.5], [25, 30], [90, 180], [1.2, 1.5]))
     with torch.no_grad():
         out = model(x, t, cond)
         assert out.shape == (2, 4, 8, 8) and torch.isfinite(out).all()
@@ -155,12 +176,13 @@ def test_network_shape_and_condition_reach_the_output():
         assert (changed - out).abs().amax() > 1e-3
 
 
-def test_dropped_condition_ignores_input_view_and_camera():
-    model = randomized(TINY)
+@pytest.mark.parametrize("options", [{}, {"camera": "absolute", "cross_attention": True}])
+def test_dropped_condition_ignores_input_view_and_camera(options):
+    model = randomized(dataclasses.replace(TINY, **options))
     x, t = views(2, 8, 0), torch.tensor([10.0, 500.0])
     drop = torch.tensor([True, False])
-    first = ViewCondition(views(2, 8, 1), torch.randn(2, 4), drop)
-    second = ViewCondition(views(2, 8, 2), torch.randn(2, 4), drop)
+    first = ViewCondition(views(2, 8, 1), torch.randn(2, 6) * 30, drop)
+    second = ViewCondition(views(2, 8, 2), torch.randn(2, 6) * 30, drop)
     with torch.no_grad():
         a, b = model(x, t, first), model(x, t, second)
     assert torch.equal(a[0], b[0])  # dropped: identical whatever the condition
@@ -168,7 +190,7 @@ def test_dropped_condition_ignores_input_view_and_camera():
 
 
 def test_the_default_network_is_small():
-    params = sum(p.numel() for p in ViewPrior(PriorConfig()).parameters())
+    params = sum(p.numel() for p in ViewUNet(PriorConfig()).parameters())
     assert 5e5 < params < 5e6
 
 
@@ -177,6 +199,10 @@ def test_prior_config_rejects_bad_sizes():
         PriorConfig(image_size=30, channels=(8, 16, 32))  # 30 does not halve twice
     with pytest.raises(ValueError):
         PriorConfig(channels=(6, 16))
+    with pytest.raises(ValueError, match="camera must be one of relative, absolute"):
+        PriorConfig(camera="polar")
+    with pytest.raises(ValueError, match="cross_attention needs attention"):
+        PriorConfig(attention=False, cross_attention=True)
 
 
 # ---- guidance and sampling ------------------------------------------------------------------
@@ -185,7 +211,7 @@ def test_predict_eps_applies_classifier_free_guidance():
     model = randomized(TINY)
     diffusion = make_diffusion(PriorTrainConfig().diffusion)
     x, t = views(3, 8, 0), torch.tensor([5, 400, 990])
-    cond = ViewCondition(views(3, 8, 1), torch.randn(3, 4))
+    cond = ViewCondition(views(3, 8, 1), torch.randn(3, 6) * 30)
     with torch.no_grad():
         out_c, out_u = model(x, t.float(), cond), model(x, t.float(), cond.null())
         plain = predict_eps(model, diffusion, x, t, cond, guidance=1.0)
@@ -197,15 +223,58 @@ def test_predict_eps_applies_classifier_free_guidance():
     torch.testing.assert_close(guided, eps_u + 3.0 * (eps_c - eps_u), atol=1e-5, rtol=1e-5)
 
 
-def test_sample_novel_views_is_seeded_and_in_range():
-    model = randomized(TINY)
-    diffusion = make_diffusion(PriorTrainConfig().diffusion)
-    inputs, camera = views(2, 8, 0), torch.randn(2, 4)
-    a = sample_novel_views(model, diffusion, inputs, camera, steps=4, generator=torch.Generator().manual_seed(1))
-    b = sample_novel_views(model, diffusion, inputs, camera, steps=4, generator=torch.Generator().manual_seed(1))
-    c = sample_novel_views(model, diffusion, inputs, camera, steps=4, generator=torch.Generator().manual_seed(2))
+def tiny_prior(**options) -> TrainedViewPrior:
+    config = dataclasses.replace(TINY, **options)
+    return TrainedViewPrior(randomized(config), make_diffusion(PriorTrainConfig().diffusion), PriorTrainConfig(model=config))
+
+
+def test_the_trained_prior_follows_the_protocol():
+    prior = tiny_prior()
+    assert isinstance(prior, ViewPrior) and prior.image_size == 8
+    x, t = views(3, 8, 0), torch.tensor([5, 400, 990])
+    cond = ViewCondition(views(3, 8, 1), torch.randn(3, 6) * 30)
+    got = prior.predict_noise(x, t, cond.input_view, cond.camera, 2.0)
+    torch.testing.assert_close(got, predict_eps(prior.model, prior.diffusion, x, t, cond, guidance=2.0))
+    # its forward process is the prior's own: noising with it gives the same x_t
+    process, noise = noise_process(prior), views(3, 8, 2)
+    torch.testing.assert_close(process.q_sample(x, t, noise), prior.diffusion.q_sample(x, t, noise), atol=1e-6, rtol=1e-6)
+
+
+def test_noise_process_rejects_a_bad_schedule():
+    class Bad:
+        image_size, alphas_cumprod = 8, torch.tensor([0.5, 0.9])  # increasing
+
+    with pytest.raises(ValueError, match="decreasing"):
+        noise_process(Bad())
+
+
+def test_sample_views_is_seeded_and_in_range():
+    prior = tiny_prior(camera="absolute", cross_attention=True)
+    inputs, camera = views(2, 8, 0), torch.randn(2, 6) * 30
+    a = sample_views(prior, inputs, camera, steps=4, generator=torch.Generator().manual_seed(1))
+    b = sample_views(prior, inputs, camera, steps=4, generator=torch.Generator().manual_seed(1))
+    c = sample_views(prior, inputs, camera, steps=4, generator=torch.Generator().manual_seed(2))
     assert a.shape == (2, 4, 8, 8) and torch.equal(a, b) and not torch.equal(a, c)
     assert a.abs().max() <= 1
+    with pytest.raises(ValueError, match="cameras"):
+        sample_views(prior, inputs, torch.randn(2, 4), steps=4, generator=torch.Generator())
+
+
+def test_sample_views_on_a_stub_prior_follows_the_analytic_model():
+    # A stub prior whose data are one known image x*: its eps is exact, and DDIM then returns x*
+    # from any noise (deterministic DDIM with an exact x0 prediction lands on it in one step).
+    target = views(1, 8, 5).clamp(-0.9, 0.9)
+
+    class PointMassPrior:
+        image_size = 8
+        alphas_cumprod = make_diffusion(PriorTrainConfig().diffusion).alphas_cumprod
+
+        def predict_noise(self, x_t, t, input_view, cameras, guidance):
+            ab = self.alphas_cumprod[t].float().view(-1, 1, 1, 1)
+            return (x_t - ab.sqrt() * target) / (1 - ab).sqrt()
+
+    out = sample_views(PointMassPrior(), views(3, 8, 0), torch.zeros(3, 6), steps=5, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, target.expand(3, -1, -1, -1), atol=1e-4, rtol=0)
 
 
 # ---- training data and runs -----------------------------------------------------------------
@@ -266,14 +335,14 @@ def test_training_runs_on_the_requested_device(pipeline_data, tmp_path, device, 
     # the model and every batch on device=, under that device's autocast; the run continues
     # on another device (device may change on resume) and its checkpoint reads back on the host
     seen = []
-    forward = ViewPrior.forward
+    forward = ViewUNet.forward
 
     def recording(self, x_t, t, cond):
         seen.append(({next(self.parameters()).device, x_t.device, t.device, cond.input_view.device, cond.camera.device,
                       cond.dropped().device}, torch.is_autocast_enabled(device.type)))
         return forward(self, x_t, t, cond)
 
-    monkeypatch.setattr(ViewPrior, "forward", recording)
+    monkeypatch.setattr(ViewUNet, "forward", recording)
     run = tmp_path / "run"
     assert train_prior.main(tiny_args(pipeline_data, run, f"device={device}", "bf16=true", "max_steps=2")) == 0
     assert len(seen) == 2
@@ -314,7 +383,7 @@ def test_bf16_follows_the_device(monkeypatch, gpu_bf16, amx):
 
 
 def test_load_prior_rejects_crafted_and_foreign_checkpoints(pipeline_data, tmp_path):
-    state = ViewPrior(TINY).state_dict()
+    state = ViewUNet(TINY).state_dict()
     run = {"sds_prior": {"model": {"image_size": 8, "channels": [8, 16], "heads": 2, "embed_dim": 16}}}
     checkpoint.save(tmp_path / "ok", 1, {"run": json.dumps(run), "ema": state}, keep=1)
     model, _, _ = load_prior(tmp_path / "ok")  # a minimal valid prior checkpoint loads
@@ -347,7 +416,7 @@ def test_load_prior_rejects_crafted_and_foreign_checkpoints(pipeline_data, tmp_p
 
 def test_cli_errors_are_one_line(pipeline_data, tmp_path):
     # a truncated checkpoint (a crash while copying it, say) in the run to resume
-    path = checkpoint.save(tmp_path / "run", 1, {"run": json.dumps({"sds_prior": {}}), "ema": ViewPrior(TINY).state_dict()}, 1)
+    path = checkpoint.save(tmp_path / "run", 1, {"run": json.dumps({"sds_prior": {}}), "ema": ViewUNet(TINY).state_dict()}, 1)
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     env = {**os.environ, "PVD_DEFAULT_MALLOC": "1", "PYTHONPATH": str(ROOT)}
     r = subprocess.run([sys.executable, "-m", "pvd.sds.train_prior", "bogus=1"], capture_output=True, text=True,

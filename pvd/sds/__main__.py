@@ -34,9 +34,9 @@ import numpy as np
 from tqdm import tqdm
 
 from pvd.config import apply_overrides, to_dict
-from pvd.data.cameras import R2N2_FOCAL_NDC, intrinsics_from_ndc_focal
-from pvd.data.hdf5 import SPLITS, FileInfo, open_dataset_file
-from pvd.data.render import image_grid, save_png
+from pvd.data.cameras import R2N2_FOCAL_NDC, intrinsics_from_ndc_focal, orbit_extrinsics
+from pvd.data.hdf5 import SPLITS, FileInfo, open_dataset_file, read_mesh
+from pvd.data.render import image_grid, render_mesh, render_points, save_png
 from pvd.errors import UserError, raise_if_interrupted, run_command
 from pvd.imageprep import prepare_photo
 from pvd.io import atomic_path, save_points
@@ -127,21 +127,27 @@ def dataset_jobs(args) -> list[dict]:
             job = {"name": f"{args.split}-{int(row):05d}", "row": int(row), "image": f["images"][row, v],
                    "camera": camera, "ground_truth": points[np.sort(pick)],
                    "category": info.categories[int(info.category[row])]}
-            back = _back_view(f, row, v)
-            if back is not None:  # the truth's own front/back agreement, the Janus reference
-                masks = f["images"][row, [v, back], :, :, 3] > 127
-                job["gt_silhouette_symmetry"] = silhouette_symmetry(masks[0], masks[1])
+            # the truth's own front/back agreement, the Janus reference
+            job["gt_silhouette_symmetry"] = silhouette_symmetry(*_truth_silhouettes(f, row, camera, k, points))
             jobs.append(job)
     return jobs
 
 
-def _back_view(f: h5py.File, row: int, view: int) -> int | None:
-    """The stored view closest to the input azimuth + 180 degrees (the truth's back silhouette
-    for the Janus reference), or None when none lies within 30 degrees."""
-    az = f["cameras"]["azimuth"][row]
-    diff = np.abs((az - az[view] - 180 + 180) % 360 - 180)
-    best = int(np.argmin(diff))
-    return best if diff[best] <= 30 else None
+def _truth_silhouettes(f: h5py.File, row: int, camera: Camera, intrinsics: np.ndarray, points: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """(front, back), each (H, W) bool: the ground truth seen from the input camera and from behind
+    it (azimuth + 180 degrees, same elevation, distance and intrinsics), both drawn by one
+    renderer: the stored mesh's rasteriser, or, in a file without meshes (PC15k + R2N2), the
+    stored points (N, 3) splatted one pixel each."""
+    size = int(f["images"].shape[2])
+    masks = []
+    for turn in (0.0, 180.0):
+        extrinsics = orbit_extrinsics(camera.azimuth + turn, camera.elevation, camera.distance)
+        if "mesh" in f:
+            masks.append(render_mesh(*read_mesh(f, row), intrinsics, extrinsics, size, size)[..., 3] > 127)
+        else:
+            masks.append(render_points(points, intrinsics, extrinsics, size, size, radius_px=0.0)[..., 3] > 127)
+    return masks[0], masks[1]
 
 
 def write_shape(out: Path, job: dict, result, cfg: DistillConfig, strip_frames: list[np.ndarray]) -> dict:
@@ -187,13 +193,12 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    prior = diffusion = None
+    prior = None
     if cfg.sds_weight > 0:
         if not args.prior:
             raise UserError("--prior is needed unless --sds-weight 0")
-        from pvd.sds.prior import load_prior
-        prior, diffusion, _ = load_prior(args.prior)
-        prior.to(device).eval()
+        from pvd.sds.view_prior import TrainedViewPrior
+        prior = TrainedViewPrior.load(args.prior, device)
     jobs = photo_jobs(args) if args.image else dataset_jobs(args)
     if not jobs:
         raise UserError("no shapes to lift")
@@ -216,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
                                         cfg.ref_size) for d in (0, 90, 180, 270))
 
         with PeakMemory(device) as memory:
-            result = distill(prior, diffusion, np.asarray(job["image"]), job["camera"], cfg,
+            result = distill(prior, np.asarray(job["image"]), job["camera"], cfg,
                              ground_truth=job.get("ground_truth"), eval_every=args.eval_every or
                              (cfg.iterations if "ground_truth" in job else 0), strip=strip, device=device)
         raise_if_interrupted()
@@ -225,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
                       iterations=cfg.iterations, history=result.history, **result.failures)
         if result.history:
             record.update(cd=result.history[-1]["cd"], f1=result.history[-1]["f1"])
-        record["janus"] = None  # unknown without a stored view of the truth's back
+        record["janus"] = None  # unknown for a photo: no ground truth to compare with
         if "gt_silhouette_symmetry" in job:
             record["gt_silhouette_symmetry"] = job["gt_silhouette_symmetry"]
             record["janus"] = bool(record["silhouette_symmetry"] - job["gt_silhouette_symmetry"] > JANUS_MARGIN)

@@ -35,7 +35,8 @@ from torch import Tensor
 from pvd.data.cameras import orbit_extrinsics
 from pvd.metrics import chamfer_distance, f_score
 from pvd.sds import volume
-from pvd.sds.prior import ViewCondition, predict_eps, relative_camera, to_prior_image
+from pvd.sds.prior import camera_pair, to_prior_image
+from pvd.sds.view_prior import ViewPrior, noise_process
 from pvd.sds.volume import FieldConfig, VoxelField
 
 
@@ -133,13 +134,13 @@ def _prior_input(rendered: dict[str, Tensor]) -> Tensor:
     return torch.cat([rendered["rgb"], rendered["alpha"]], dim=1) * 2 - 1
 
 
-def distill(prior, diffusion, image: np.ndarray, camera: Camera, cfg: DistillConfig, *,
+def distill(prior: ViewPrior | None, image: np.ndarray, camera: Camera, cfg: DistillConfig, *,
             ground_truth: np.ndarray | None = None, eval_every: int = 0,
             progress: Callable[[int, int], None] | None = None,
             strip: Callable[[int, VoxelField], None] | None = None, device: torch.device | str = "cpu") -> DistillResult:
     """Optimise a voxel field for one input view.
 
-    prior, diffusion: from :func:`pvd.sds.prior.load_prior` (unused when sds_weight is 0).
+    prior: any :class:`pvd.sds.view_prior.ViewPrior` (unused when sds_weight is 0).
     image: (H, W, 4) uint8 RGBA input view (alpha = object mask). camera: its camera.
     ground_truth: (M, 3) world-frame points; with ``eval_every`` > 0 the history records CD and
     F-score every ``eval_every`` iterations (for the quality curve).
@@ -161,7 +162,7 @@ def distill(prior, diffusion, image: np.ndarray, camera: Camera, cfg: DistillCon
     ref_rgb, ref_alpha = (ref[:, :3] + 1) / 2, (ref[:, 3:] + 1) / 2
     use_sds = cfg.sds_weight > 0
     if use_sds:
-        size = prior.config.image_size
+        size, diffusion = prior.image_size, noise_process(prior)
         cond_view = to_prior_image(image[None], size).to(device).expand(cfg.novel_views, -1, -1, -1)
     history: list[dict[str, float]] = []
     seconds, evaluations = 0.0, 0
@@ -181,14 +182,13 @@ def distill(prior, diffusion, image: np.ndarray, camera: Camera, cfg: DistillCon
             frac = cfg.t_min + (t_max - cfg.t_min) * torch.rand(len(cams), generator=host)
             t = (frac * (diffusion.num_steps - 1)).round().long()  # on the host, where the tables are read
             noise = torch.randn(x.shape, generator=dev, dtype=x.dtype, device=device)
-            rel = relative_camera(*(torch.full((len(cams),), v, dtype=torch.float32) for v in
+            rel = camera_pair(*(torch.full((len(cams),), v, dtype=torch.float32) for v in
                                     (camera.elevation, camera.azimuth, camera.distance)),
                                   torch.tensor([c.elevation for c in cams]), torch.tensor([c.azimuth for c in cams]),
                                   torch.tensor([c.distance for c in cams])).to(device)
             with torch.no_grad():
                 x_t = diffusion.q_sample(x.detach(), t, noise)
-                eps_hat = predict_eps(prior, diffusion, x_t, t.to(device), ViewCondition(input_view=cond_view, camera=rel),
-                                      cfg.guidance)
+                eps_hat = prior.predict_noise(x_t, t.to(device), cond_view, rel, cfg.guidance)
             evaluations += len(cams)
             loss = loss + cfg.sds_weight * sds_loss(x, sds_gradient(diffusion, eps_hat, noise, t, cfg.grad_clip))
         alpha = torch.cat([a.flatten() for a in alpha_all])

@@ -10,10 +10,11 @@ carries the timestep and drives every residual block's scale and shift.
 
 Classifier-free guidance by condition dropout: a dropped sample (``ViewCondition.drop``) sees
 a zero input view and a learned null camera embedding, so ``cond.null()`` is the
-unconditional model. The SDS loop needs only ``load_prior`` and ``predict_eps``:
+unconditional model. Lifting reaches it through :class:`pvd.sds.view_prior.TrainedViewPrior`
+(the ``ViewPrior`` protocol); underneath:
 
     model, diffusion, cfg = load_prior("runs/sds-prior")
-    cond = ViewCondition(input_view, relative_camera(e0, a0, d0, e1, a1, d1))
+    cond = ViewCondition(input_view, camera_pair(e0, a0, d0, e1, a1, d1))
     eps_hat = predict_eps(model, diffusion, x_t, t, cond, guidance=cfg.diffusion.guidance_scale)
 """
 
@@ -31,7 +32,7 @@ from torch import Tensor, nn
 
 from pvd import checkpoint
 from pvd.config import from_dict
-from pvd.diffusion import DiffusionConfig, GaussianDiffusion, ddim_sample, make_diffusion
+from pvd.diffusion import DiffusionConfig, GaussianDiffusion, make_diffusion
 from pvd.errors import UserError
 from pvd.nn.embeddings import timestep_embedding
 
@@ -78,27 +79,57 @@ def from_prior_image(x: Tensor) -> Tensor:
     return torch.cat([rgb.clamp(0, 1) * (alpha > 0), alpha], dim=1)
 
 
-def relative_camera(src_elev_deg, src_az_deg, src_dist, dst_elev_deg, dst_az_deg, dst_dist) -> Tensor:
-    """Zero-1-to-3's relative pose from the source (input) to the destination (target) camera.
+def camera_pair(src_elev_deg, src_az_deg, src_dist, dst_elev_deg, dst_az_deg, dst_dist) -> Tensor:
+    """The source (input) and destination (target) orbit cameras of each sample, (B, 6) float32:
+    (elevation, azimuth in degrees, distance) of the source, then of the destination.
 
-    Each argument: (B,) array-like or a scalar, angles in degrees. Returns (B, 4) float32:
-    (d_elevation in radians, sin d_azimuth, cos d_azimuth, d_distance), d = dst - src; the
-    sine and cosine make azimuth wrap around (359 -> 1 degree is a 2 degree step).
+    Each argument: (B,) array-like or a scalar. This is what a ``ViewCondition`` carries; a prior
+    turns it into its own camera code (``relative_camera`` or ``absolute_cameras``).
     """
     def t(v) -> Tensor:
         return torch.as_tensor(v, dtype=torch.float64).reshape(-1)
 
-    d_elev = torch.deg2rad(t(dst_elev_deg) - t(src_elev_deg))
-    d_az = torch.deg2rad(t(dst_az_deg) - t(src_az_deg))
-    return torch.stack([d_elev, d_az.sin(), d_az.cos(), t(dst_dist) - t(src_dist)], dim=1).float()
+    parts = torch.broadcast_tensors(*(t(v) for v in (src_elev_deg, src_az_deg, src_dist, dst_elev_deg, dst_az_deg, dst_dist)))
+    return torch.stack(parts, dim=1).float()
+
+
+def relative_camera(cameras: Tensor) -> Tensor:
+    """Zero-1-to-3's relative pose from the source to the destination camera.
+
+    cameras: (B, 6) from ``camera_pair``. Returns (B, 4) float32: (d_elevation in radians,
+    sin d_azimuth, cos d_azimuth, d_distance), d = dst - src; the sine and cosine make azimuth
+    wrap around (359 -> 1 degree is a 2 degree step).
+    """
+    c = cameras.double()
+    d_elev = torch.deg2rad(c[:, 3] - c[:, 0])
+    d_az = torch.deg2rad(c[:, 4] - c[:, 1])
+    return torch.stack([d_elev, d_az.sin(), d_az.cos(), c[:, 5] - c[:, 2]], dim=1).float()
+
+
+def absolute_cameras(cameras: Tensor) -> Tensor:
+    """Both cameras in the world frame: (B, 8) float32, (elevation in radians, sin azimuth,
+    cos azimuth, distance) of the source, then of the destination. For data in a canonical
+    frame (ShapeNet's aligned categories) the destination's own pose says which side of the
+    object it sees, which the relative pose alone cannot (cameras: (B, 6) from ``camera_pair``)."""
+    c = cameras.double()
+
+    def code(elev: Tensor, az: Tensor, dist: Tensor) -> list[Tensor]:
+        az = torch.deg2rad(az)
+        return [torch.deg2rad(elev), az.sin(), az.cos(), dist]
+
+    return torch.stack(code(c[:, 0], c[:, 1], c[:, 2]) + code(c[:, 3], c[:, 4], c[:, 5]), dim=1).float()
+
+
+CAMERA_CODES = {"relative": (relative_camera, 4), "absolute": (absolute_cameras, 8)}
 
 
 @dataclass(frozen=True)
 class ViewCondition:
     """What the prior is conditioned on, batch-first.
 
-    input_view: (B, 4, S, S) in [-1, 1]; camera: (B, 4) from ``relative_camera``; drop: (B,)
-    bool, True where both give way to the unconditional model (None: none dropped).
+    input_view: (B, 4, S, S) in [-1, 1]; camera: (B, 6) source and destination cameras from
+    ``camera_pair``; drop: (B,) bool, True where both give way to the unconditional model (None:
+    none dropped).
     """
 
     input_view: Tensor
@@ -107,8 +138,8 @@ class ViewCondition:
 
     def __post_init__(self) -> None:
         sizes = {self.input_view.shape[0], self.camera.shape[0]} | ({self.drop.shape[0]} if self.drop is not None else set())
-        if len(sizes) > 1 or self.input_view.ndim != 4 or self.camera.ndim != 2 or self.camera.shape[1] != 4:
-            raise ValueError(f"ViewCondition needs input_view (B, 4, S, S), camera (B, 4), drop (B,); got "
+        if len(sizes) > 1 or self.input_view.ndim != 4 or self.camera.ndim != 2 or self.camera.shape[1] != 6:
+            raise ValueError(f"ViewCondition needs input_view (B, 4, S, S), camera (B, 6), drop (B,); got "
                              f"{tuple(self.input_view.shape)}, {tuple(self.camera.shape)}, "
                              f"{None if self.drop is None else tuple(self.drop.shape)}")
 
@@ -152,6 +183,13 @@ class PriorConfig:
     heads: int = 4
     embed_dim: int = 128  # width of the time + camera embedding
     dropout: float = 0.0
+    # camera code: "relative" (Zero-1-to-3's pose change, for data without a canonical frame) or
+    # "absolute" (both poses in the world frame: for aligned categories it names the side seen)
+    camera: str = "relative"
+    # the input view also enters through cross-attention: its own conv encoder down to the lowest
+    # resolution, whose positions every low-resolution attention block attends to (a novel view is
+    # not pixel-aligned with the input, so channel concatenation alone passes it on poorly)
+    cross_attention: bool = False
 
     def __post_init__(self) -> None:
         self.channels = tuple(self.channels)
@@ -161,6 +199,10 @@ class PriorConfig:
             raise ValueError(f"image_size {self.image_size} does not halve {len(self.channels) - 1} times")
         if self.res_blocks < 1 or self.embed_dim < 4 or not 0 <= self.dropout < 1:
             raise ValueError("res_blocks must be >= 1, embed_dim >= 4 and dropout in [0, 1)")
+        if self.camera not in CAMERA_CODES:
+            raise ValueError(f"camera must be one of {', '.join(CAMERA_CODES)}, got {self.camera!r}")
+        if self.cross_attention and not self.attention:
+            raise ValueError("cross_attention needs attention")
         if self.attention and self.channels[-1] % self.heads:
             raise ValueError(f"{self.heads} heads do not divide the lowest level's {self.channels[-1]} channels")
 
@@ -190,25 +232,31 @@ class _ResBlock(nn.Module):
 
 
 class _Attention(nn.Module):
-    """Multi-head self-attention over all positions, with a residual."""
+    """Multi-head attention with a residual: over all positions of x, or, given ``context``
+    (B, C, h', w'), from x's positions to the context's (cross-attention)."""
 
-    def __init__(self, channels: int, heads: int):
+    def __init__(self, channels: int, heads: int, cross: bool = False):
         super().__init__()
         self.heads = heads
         self.norm = _norm(channels)
-        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.context_norm = _norm(channels) if cross else None
+        self.q = nn.Conv2d(channels, channels, 1)
+        self.kv = nn.Conv2d(channels, 2 * channels, 1)
         self.out = nn.Conv2d(channels, channels, 1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         b, c, h, w = x.shape
-        q, k, v = self.qkv(self.norm(x)).view(b, 3, self.heads, c // self.heads, h * w).transpose(-1, -2).unbind(1)
+        x_n = self.norm(x)
+        ctx = x_n if context is None else self.context_norm(context)
+        q = self.q(x_n).view(b, self.heads, c // self.heads, h * w).transpose(-1, -2)
+        k, v = self.kv(ctx).view(b, 2, self.heads, c // self.heads, -1).transpose(-1, -2).unbind(1)
         a = F.scaled_dot_product_attention(q, k, v)  # (B, heads, HW, C / heads)
         return x + self.out(a.transpose(-1, -2).reshape(b, c, h, w))
 
 
-class ViewPrior(nn.Module):
+class ViewUNet(nn.Module):
     """The denoiser ``model(x_t, t, cond)``: a 2D U-Net over the noisy target view and the input view.
 
     forward: x_t (B, 4, S, S) noisy target view, t (B,) float timesteps on the training scale,
@@ -220,7 +268,8 @@ class ViewPrior(nn.Module):
         self.config = c = config
         e = c.embed_dim
         self.time_mlp = nn.Sequential(nn.Linear(e, e), nn.SiLU(), nn.Linear(e, e))
-        self.camera_mlp = nn.Sequential(nn.Linear(4, e), nn.SiLU(), nn.Linear(e, e))
+        self.camera_code, code_width = CAMERA_CODES[c.camera]
+        self.camera_mlp = nn.Sequential(nn.Linear(code_width, e), nn.SiLU(), nn.Linear(e, e))
         self.null_camera = nn.Parameter(torch.zeros(e))
         self.input = nn.Conv2d(8, c.channels[0], 3, padding=1)
 
@@ -238,6 +287,14 @@ class ViewPrior(nn.Module):
         self.mid_attention = _Attention(width, c.heads) if c.attention else nn.Identity()
         self.low_attention = nn.ModuleList(_Attention(c.channels[-1], c.heads) if c.attention else nn.Identity()
                                            for _ in range(2 * c.res_blocks + 1))
+        self.view_encoder = self.cross = None
+        if c.cross_attention:  # the input view down to the lowest level: (B, channels[-1], h, w)
+            layers: list[nn.Module] = [nn.Conv2d(4, c.channels[0], 3, padding=1)]
+            for prev, ch in zip(c.channels, c.channels[1:]):
+                layers += [_norm(prev), nn.SiLU(), nn.Conv2d(prev, ch, 3, stride=2, padding=1)]
+            layers += [_norm(c.channels[-1]), nn.SiLU(), nn.Conv2d(c.channels[-1], c.channels[-1], 3, padding=1)]
+            self.view_encoder = nn.Sequential(*layers)
+            self.cross = nn.ModuleList(_Attention(c.channels[-1], c.heads, cross=True) for _ in range(2 * c.res_blocks + 1))
         self.up = nn.ModuleList()
         for level, ch in reversed(list(enumerate(c.channels))):
             for _ in range(c.res_blocks + 1):
@@ -252,7 +309,7 @@ class ViewPrior(nn.Module):
     def embedding(self, t: Tensor, cond: ViewCondition) -> Tensor:
         """The time + camera vector (B, E); dropped samples get the learned null camera."""
         temb = self.time_mlp(timestep_embedding(t.float(), self.config.embed_dim))
-        cemb = self.camera_mlp(cond.camera.to(device=temb.device, dtype=temb.dtype))
+        cemb = self.camera_mlp(self.camera_code(cond.camera).to(device=temb.device, dtype=temb.dtype))
         cemb = torch.where(cond.dropped()[:, None], self.null_camera.to(cemb.dtype), cemb)
         return temb + cemb
 
@@ -266,17 +323,25 @@ class ViewPrior(nn.Module):
         h = self.input(torch.cat([x_t, view], dim=1))
         skips, low = [h], iter(self.low_attention)
         lowest = s // 2 ** (len(self.config.channels) - 1)
+        if self.view_encoder is not None:
+            context, cross = self.view_encoder(view), iter(self.cross)
+
+            def attend(h: Tensor) -> Tensor:
+                return next(cross)(next(low)(h), context)
+        else:
+            def attend(h: Tensor) -> Tensor:
+                return next(low)(h)
         for layer in self.down:
             h = layer(h, emb) if isinstance(layer, _ResBlock) else layer(h)
             if isinstance(layer, _ResBlock) and h.shape[-1] == lowest:
-                h = next(low)(h)
+                h = attend(h)
             skips.append(h)
         h = self.mid[1](self.mid_attention(self.mid[0](h, emb)), emb)
         for layer in self.up:
             if isinstance(layer, _ResBlock):
                 h = layer(torch.cat([h, skips.pop()], dim=1), emb)
                 if h.shape[-1] == lowest:
-                    h = next(low)(h)
+                    h = attend(h)
             else:
                 h = layer(h)
         return self.output(h)
@@ -358,12 +423,12 @@ def stored_config(ckpt: dict) -> PriorTrainConfig:
 
 
 def load_prior(path: str | os.PathLike, map_location: str | torch.device = "cpu"
-               ) -> tuple[ViewPrior, GaussianDiffusion, PriorTrainConfig]:
+               ) -> tuple[ViewUNet, GaussianDiffusion, PriorTrainConfig]:
     """(model with the EMA weights, in eval mode; its diffusion; its training config) from a
     checkpoint file or a run directory's newest checkpoint, read with weights_only."""
     ckpt = checkpoint.load(path, map_location=map_location)
     where, cfg = ckpt["path"], stored_config(ckpt)
-    model = ViewPrior(cfg.model)
+    model = ViewUNet(cfg.model)
     try:
         model.load_state_dict(ckpt["ema"])
     except RuntimeError as e:
@@ -391,14 +456,3 @@ def predict_eps(model: nn.Module, diffusion: GaussianDiffusion, x_t: Tensor, t: 
     output equals guiding eps: eps, v and x0 are affine in one another at fixed (x_t, t).
     """
     return diffusion.predict_eps(x_t, t, guided_output(model, x_t, t, cond, guidance))
-
-
-@torch.no_grad()
-def sample_novel_views(model: nn.Module, diffusion: GaussianDiffusion, input_view: Tensor, camera: Tensor, *,
-                       steps: int = 50, guidance: float = 3.0, generator: torch.Generator, eta: float = 0.0) -> Tensor:
-    """Novel views (B, 4, S, S) in [-1, 1] of ``input_view`` (B, 4, S, S) in [-1, 1] seen from
-    the relative ``camera`` (B, 4), by guided DDIM (``steps`` steps, Song et al. 2021)."""
-    cond = ViewCondition(input_view, camera.to(input_view.device))
-    x = ddim_sample(diffusion, model, tuple(input_view.shape), cond, generator=generator, guidance_scale=guidance,
-                    steps=steps, eta=eta, dtype=input_view.dtype, device=input_view.device)
-    return x.clamp(-1, 1)

@@ -34,7 +34,7 @@ from pvd.data.hdf5 import SPLITS, open_dataset_file
 from pvd.diffusion import GaussianDiffusion, make_diffusion
 from pvd.errors import UserError, run_command
 from pvd.runtime import pick_device, reexec_with_malloc_settings
-from pvd.sds.prior import (RUN_KEY, PriorTrainConfig, ViewCondition, ViewPrior, check_config, relative_camera, stored_config,
+from pvd.sds.prior import (RUN_KEY, PriorTrainConfig, ViewCondition, ViewUNet, camera_pair, check_config, stored_config,
                            to_prior_image)
 from pvd.training import LossWindow, cosine_factor, derive_seed, ema_update, warmup_factor
 
@@ -59,8 +59,8 @@ class ViewSet:
     rows: np.ndarray
 
     def camera(self, shape: np.ndarray, src: np.ndarray, dst: np.ndarray) -> torch.Tensor:
-        """Relative cameras (B, 4) from view ``src`` to view ``dst`` of each ``shape`` (all (B,) indices)."""
-        return relative_camera(self.elevation[shape, src], self.azimuth[shape, src], self.distance[shape, src],
+        """Camera pairs (B, 6) from view ``src`` to view ``dst`` of each ``shape`` (all (B,) indices)."""
+        return camera_pair(self.elevation[shape, src], self.azimuth[shape, src], self.distance[shape, src],
                                self.elevation[shape, dst], self.azimuth[shape, dst], self.distance[shape, dst])
 
 
@@ -157,7 +157,7 @@ def train(cfg: PriorTrainConfig) -> Path:
     views = read_views(cfg.data, "train", cfg.model.image_size)  # on the host; each batch moves to the device
     diffusion = make_diffusion(cfg.diffusion)
     torch.manual_seed(cfg.seed)
-    model = ViewPrior(cfg.model).to(device)  # initialised on the host: the same weights on every device
+    model = ViewUNet(cfg.model).to(device)  # initialised on the host: the same weights on every device
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     record = json.dumps({RUN_KEY: to_dict(cfg)})

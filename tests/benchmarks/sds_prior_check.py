@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from pvd import checkpoint  # noqa: E402
 from pvd.data.render import image_grid, save_png  # noqa: E402
 from pvd.errors import UserError  # noqa: E402
-from pvd.sds.prior import load_prior, sample_novel_views  # noqa: E402
 from pvd.sds.train_prior import read_views  # noqa: E402
+from pvd.sds.view_prior import TrainedViewPrior, sample_views  # noqa: E402
 
 MARGIN = 0.05
 
@@ -51,8 +51,8 @@ def main() -> int:
     p.add_argument("--grid", default=None, help="save a PNG of input | truth | sample for the first 8 targets")
     args = p.parse_args()
 
-    model, diffusion, cfg = load_prior(args.run)
-    views = read_views(args.data or cfg.data, args.split, cfg.model.image_size)
+    prior = TrainedViewPrior.load(args.run)
+    views = read_views(args.data or prior.config.data, args.split, prior.image_size)
     count, num_views = min(args.num, len(views.rows)), views.images.shape[1]
     if not 1 <= args.views < num_views:
         raise UserError(f"--views must lie in 1..{num_views - 1}")
@@ -65,8 +65,8 @@ def main() -> int:
     samples, tic = [], time.perf_counter()
     for s in range(0, len(shape), args.batch):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
-            samples.append(sample_novel_views(model, diffusion, inputs[s : s + args.batch], camera[s : s + args.batch],
-                                              steps=args.steps, guidance=args.guidance, generator=gen).float())
+            samples.append(sample_views(prior, inputs[s : s + args.batch], camera[s : s + args.batch],
+                                        steps=args.steps, guidance=args.guidance, generator=gen).float())
     seconds = time.perf_counter() - tic
     samples = torch.cat(samples)
 
