@@ -135,6 +135,7 @@ def _prior_input(rendered: dict[str, Tensor]) -> Tensor:
 
 
 def distill(prior: ViewPrior | None, image: np.ndarray, camera: Camera, cfg: DistillConfig, *,
+            extra_views: tuple[Tensor, list[Camera]] | None = None, extra_weight: float = 1.0,
             ground_truth: np.ndarray | None = None, eval_every: int = 0,
             progress: Callable[[int, int], None] | None = None,
             strip: Callable[[int, VoxelField], None] | None = None, device: torch.device | str = "cpu") -> DistillResult:
@@ -142,6 +143,9 @@ def distill(prior: ViewPrior | None, image: np.ndarray, camera: Camera, cfg: Dis
 
     prior: any :class:`pvd.sds.view_prior.ViewPrior` (unused when sds_weight is 0).
     image: (H, W, 4) uint8 RGBA input view (alpha = object mask). camera: its camera.
+    extra_views: more reference views, (K, 4, S, S) images in [-1, 1] (the prior's format) and
+    their K cameras, fitted at S x S beside the input with ``extra_weight`` times its RGB and mask
+    weights (multi-view reconstruction fits generated views this way, with sds_weight 0).
     ground_truth: (M, 3) world-frame points; with ``eval_every`` > 0 the history records CD and
     F-score every ``eval_every`` iterations (for the quality curve).
     device: where the field, the prior's inputs and every draw made for them live.
@@ -160,6 +164,15 @@ def distill(prior: ViewPrior | None, image: np.ndarray, camera: Camera, cfg: Dis
     ref_k, ref_e = (x.to(device) for x in camera.tensors(cfg.ref_size))
     ref = to_prior_image(image[None], cfg.ref_size).to(device)  # (1, 4, R, R), white background, [-1, 1]
     ref_rgb, ref_alpha = (ref[:, :3] + 1) / 2, (ref[:, 3:] + 1) / 2
+    if extra_views is not None:
+        ex_images, ex_cameras = extra_views
+        ex_size = ex_images.shape[-1]
+        if ex_images.ndim != 4 or ex_images.shape[1:] != (4, ex_size, ex_size) or len(ex_cameras) != len(ex_images):
+            raise ValueError(f"extra_views needs (K, 4, S, S) images and K cameras, got {tuple(ex_images.shape)} "
+                             f"and {len(ex_cameras)}")
+        ks, es = zip(*(c.tensors(ex_size) for c in ex_cameras))
+        ex_k, ex_e = torch.cat(ks).to(device), torch.cat(es).to(device)
+        ex_rgb, ex_alpha = ((ex_images[:, :3].to(device).float() + 1) / 2), ((ex_images[:, 3:].to(device).float() + 1) / 2)
     use_sds = cfg.sds_weight > 0
     if use_sds:
         size, diffusion = prior.image_size, noise_process(prior)
@@ -171,6 +184,11 @@ def distill(prior: ViewPrior | None, image: np.ndarray, camera: Camera, cfg: Dis
         out = volume.render(field, ref_k, ref_e, cfg.ref_size, cfg.ref_size, num_samples=cfg.num_samples, generator=dev)
         loss = cfg.rgb_weight * (out["rgb"] - ref_rgb).square().mean() + cfg.mask_weight * (out["alpha"] - ref_alpha).square().mean()
         alpha_all = [out["alpha"]]
+        if extra_views is not None:
+            ex = volume.render(field, ex_k, ex_e, ex_size, ex_size, num_samples=cfg.num_samples, generator=dev)
+            loss = loss + extra_weight * (cfg.rgb_weight * (ex["rgb"] - ex_rgb).square().mean()
+                                          + cfg.mask_weight * (ex["alpha"] - ex_alpha).square().mean())
+            alpha_all.append(ex["alpha"].flatten(1))
         if use_sds:
             cams = [_novel_camera(camera, cfg, host) for _ in range(cfg.novel_views)]
             ks, es = zip(*(c.tensors(size) for c in cams))
