@@ -106,3 +106,40 @@ def test_extra_views_are_checked():
                   extra_views=(torch.zeros(2, 4, 8, 8), [ref]))
     with pytest.raises(ValueError, match="order"):
         M.MultiViewConfig(order="joint")
+
+
+# ---- the command ----------------------------------------------------------------------------
+
+def test_the_command_reconstructs_from_generated_views(pipeline_data, tmp_path, capsys):
+    import json
+
+    from pvd.sds import train_prior
+    from pvd.sds.__main__ import main as sds_command
+    from in_process import run_main
+    from test_sds_prior import tiny_args
+    assert train_prior.main(tiny_args(pipeline_data, tmp_path / "prior", "model.camera=absolute",
+                                      "model.cross_attention=true")) == 0
+    out = tmp_path / "mv"
+    code, stdout, err = run_main(sds_command, ["--method", "multiview", "--prior", tmp_path / "prior", "--data", pipeline_data,
+                                               "--split", "val", "--num", "1", "--views", "2", "--steps", "2", "--iterations",
+                                               "4", "--threads", "1", "--out", out, "--set", "field.resolution=12",
+                                               "ref_size=16", "num_samples=12", "num_points=128"], capsys)
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == "multiview" and summary["config"]["views"] == 2 and summary["config"]["fit"]["iterations"] == 4
+    rec = summary["records"][0]
+    assert rec["prior_evaluations"] == 4 and 0 <= rec["view_consistency"] <= 1  # 2 views x 2 DDIM steps
+    assert rec["seconds"] >= rec["generate_seconds"] > 0 and rec["janus"] in (True, False)
+    assert (out / f"{rec['name']}.views.png").is_file()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--views", "3", "--image", "x.png", "--prior", "p"], "belong to --method multiview"),
+    (["--method", "multiview", "--image", "x.png"], "--method multiview needs --prior"),
+    (["--method", "multiview", "--views", "0", "--image", "x.png", "--prior", "p"], "views and steps must be at least 1"),
+])
+def test_the_command_rejects_bad_multiview_options_in_one_line(tmp_path, capsys, args, message):
+    from pvd.sds.__main__ import main as sds_command
+    from in_process import run_main
+    code, _, err = run_main(sds_command, [*args, "--out", tmp_path / "o"], capsys)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err

@@ -1,6 +1,9 @@
-"""Lift one image (or a dataset split) to 3D by score distillation.
+"""Lift one image (or a dataset split) to 3D with a 2D view prior: by score distillation, or by
+multi-view reconstruction (generate views once, then fit them: ``--method multiview``).
 
     python -m pvd.sds --prior runs/sds-prior --image chair.png --out outputs/sds
+    python -m pvd.sds --method multiview --views 6 --order chain --prior runs/sds-prior --data data/synth.h5 \
+        --split val --num 6 --out outputs/mv-val
     python -m pvd.sds --prior runs/sds-prior --data data/synth.h5 --split test --num 20 --out outputs/sds-test
     python -m pvd.sds --data data/synth.h5 --split test --num 20 --sds-weight 0 --out outputs/ref-only
     python -m pvd.sds --prior runs/sds-prior --data data/synth.h5 --split val --num 5 \\
@@ -10,6 +13,8 @@
 Per shape NAME: NAME.ply / NAME.npy (points sampled on the mesh, world frame, like sample.py's),
 NAME.obj (the marching-cubes mesh), NAME.density.npy (the density grid), NAME.png (input |
 front | side | back renderings), with --strip NAME.strip.png (views during the optimisation),
+with --method multiview NAME.views.png (the generated views, input first) and the views'
+consistency score in the record,
 and records/NAME.json (wall time, peak memory, prior evaluations, failure flags and, over a
 dataset, Chamfer distance and F-score to the ground truth). A rerun into the same folder
 skips shapes whose record exists. summary.json holds every record and the means; with
@@ -43,6 +48,8 @@ from pvd.io import atomic_path, save_points
 from pvd.meshing import save_mesh
 from pvd.runtime import PeakMemory, pick_device
 from pvd.sds.distill import Camera, DistillConfig, render_view, density_grid, distill, silhouette_symmetry
+from pvd.sds.multiview import ORDERS as M_ORDERS
+from pvd.sds.multiview import MultiViewConfig, reconstruct
 
 GT_POINTS = 2048  # ground-truth points scored against (a fixed, seeded subset of the stored cloud)
 JANUS_MARGIN = 0.15  # flag when the result's front/back silhouettes agree this much more than the truth's
@@ -61,7 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--azimuth", type=float, default=0.0, help="a photo's assumed camera (degrees)")
     p.add_argument("--elevation", type=float, default=27.5)
     p.add_argument("--distance", type=float, default=1.4)
-    p.add_argument("--iterations", type=int, default=None)
+    p.add_argument("--method", choices=("sds", "multiview"), default="sds",
+                   help="sds: score distillation; multiview: generate --views views, then fit them (no prior calls in the fit)")
+    p.add_argument("--views", type=int, default=None, help="multiview: generated views (default 6)")
+    p.add_argument("--order", choices=M_ORDERS, default=None, help="multiview: generation order (default chain)")
+    p.add_argument("--view-weight", type=float, default=None, help="multiview: a generated view's loss weight (default 0.5)")
+    p.add_argument("--steps", type=int, default=None, help="multiview: DDIM steps per view (default 50)")
+    p.add_argument("--iterations", type=int, default=None, help="optimisation iterations (default: sds 800, multiview fit 400)")
     p.add_argument("--sds-weight", type=float, default=None, help="0: reference-view losses only (the ablation)")
     p.add_argument("--guidance", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
@@ -75,12 +88,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def make_config(args) -> DistillConfig:
-    cfg = apply_overrides(DistillConfig(), args.set)
+    """The optimisation's config: the SDS run's, or under --method multiview the fit's (SDS off)."""
+    base = MultiViewConfig().fit if args.method == "multiview" else DistillConfig()
+    cfg = apply_overrides(base, args.set)
     for key in ("iterations", "sds_weight", "guidance", "seed"):
         if getattr(args, key) is not None:
             setattr(cfg, key, getattr(args, key))
     if cfg.iterations < 1:
         raise UserError(f"iterations must be at least 1, got {cfg.iterations}")
+    return cfg
+
+
+def make_multiview_config(args, fit: DistillConfig) -> MultiViewConfig:
+    cfg = MultiViewConfig(fit=dataclasses.replace(fit, sds_weight=0.0), guidance=fit.guidance, seed=fit.seed)
+    for key in ("views", "order", "view_weight", "steps"):
+        if getattr(args, key) is not None:
+            setattr(cfg, key, getattr(args, key))
+    try:
+        MultiViewConfig.__post_init__(cfg)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     return cfg
 
 
@@ -185,7 +212,10 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("give either --image FILE ... or --data FILE")
     if args.eval_every and not args.data:
         raise UserError("--eval-every scores against the ground truth: it needs --data")
+    if args.method == "sds" and any(getattr(args, k) is not None for k in ("views", "order", "view_weight", "steps")):
+        raise UserError("--views, --order, --view-weight and --steps belong to --method multiview")
     cfg = make_config(args)
+    mv = make_multiview_config(args, cfg) if args.method == "multiview" else None
     device = pick_device(args.device)
     if args.threads is not None:
         if args.threads < 1:
@@ -194,9 +224,9 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     prior = None
-    if cfg.sds_weight > 0:
+    if cfg.sds_weight > 0 or mv is not None:
         if not args.prior:
-            raise UserError("--prior is needed unless --sds-weight 0")
+            raise UserError("--prior is needed unless --sds-weight 0" if mv is None else "--method multiview needs --prior")
         from pvd.sds.view_prior import TrainedViewPrior
         prior = TrainedViewPrior.load(args.prior, device)
     jobs = photo_jobs(args) if args.image else dataset_jobs(args)
@@ -220,14 +250,26 @@ def main(argv: list[str] | None = None) -> int:
                 frames.extend(_to_uint8(render_view(field, dataclasses.replace(cam, azimuth=cam.azimuth + d), cfg),
                                         cfg.ref_size) for d in (0, 90, 180, 270))
 
+        eval_every = args.eval_every or (cfg.iterations if "ground_truth" in job else 0)
         with PeakMemory(device) as memory:
-            result = distill(prior, np.asarray(job["image"]), job["camera"], cfg,
-                             ground_truth=job.get("ground_truth"), eval_every=args.eval_every or
-                             (cfg.iterations if "ground_truth" in job else 0), strip=strip, device=device)
+            if mv is None:
+                result = distill(prior, np.asarray(job["image"]), job["camera"], cfg, ground_truth=job.get("ground_truth"),
+                                 eval_every=eval_every, strip=strip, device=device)
+                extra = {"seconds": result.seconds, "prior_evaluations": result.evaluations}
+            else:
+                generated = reconstruct(prior, np.asarray(job["image"]), job["camera"], mv,
+                                        ground_truth=job.get("ground_truth"), eval_every=eval_every, device=device)
+                result = generated.fit
+                extra = {"seconds": generated.generate_seconds + result.seconds, "generate_seconds": generated.generate_seconds,
+                         "prior_evaluations": generated.evaluations, "view_consistency": generated.consistency}
+                tiles = [_to_uint8(np.asarray(job["image"], np.float32) / 255.0, prior.image_size)]
+                tiles += [_to_uint8(((v + 1) / 2).clamp(0, 1).permute(1, 2, 0).numpy(), prior.image_size)  # RGB on white
+                          for v in generated.views]
+                save_png(out / f"{job['name']}.views.png", image_grid(tiles, columns=len(tiles)))
         raise_if_interrupted()
         record = write_shape(out, job, result, cfg, frames)
-        record.update(seconds=result.seconds, prior_evaluations=result.evaluations, peak_memory_mb=memory.peak / 2**20,
-                      iterations=cfg.iterations, history=result.history, **result.failures)
+        record.update(method=args.method, peak_memory_mb=memory.peak / 2**20, iterations=cfg.iterations,
+                      history=result.history, **extra, **result.failures)
         if result.history:
             record.update(cd=result.history[-1]["cd"], f1=result.history[-1]["f1"])
         record["janus"] = None  # unknown for a photo: no ground truth to compare with
@@ -238,18 +280,19 @@ def main(argv: list[str] | None = None) -> int:
             Path(tmp).write_text(json.dumps(record, indent=1))
         records.append(record)
         bar.set_postfix(s=f"{result.seconds:.0f}", cd=f"{record.get('cd', math.nan):.4f}")
-    write_summary(out, records, cfg, args, device)
+    write_summary(out, records, mv or cfg, args, device)
     print(f"wrote {len(records)} shape(s) to {out}/ (summary.json)")
     return 0
 
 
-def write_summary(out: Path, records: list[dict], cfg: DistillConfig, args, device) -> None:
+def write_summary(out: Path, records: list[dict], cfg: DistillConfig | MultiViewConfig, args, device) -> None:
     def mean(key: str) -> float | None:
         values = [r[key] for r in records if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
         return float(np.mean(values)) if values else None
 
-    summary = {"config": to_dict(cfg), "prior": args.prior, "device": str(device),
-               "shapes": len(records), "mean": {k: mean(k) for k in ("cd", "f1", "seconds", "peak_memory_mb")},
+    summary = {"method": args.method, "config": to_dict(cfg), "prior": args.prior, "device": str(device),
+               "shapes": len(records),
+               "mean": {k: mean(k) for k in ("cd", "f1", "seconds", "peak_memory_mb", "prior_evaluations", "view_consistency")},
                "failures": {k: int(sum(bool(r.get(k)) for r in records)) for k in ("empty", "floaters", "janus")},
                "records": records}
     with atomic_path(out / "summary.json") as tmp:
