@@ -10,7 +10,9 @@ Each iteration (Poole et al. 2022, DreamFusion; Liu et al. 2023, Zero-1-to-3; Wa
   the relative camera, predicts the noise with classifier-free guidance; the rendering gets the
   gradient w(t) (eps_hat - eps), with no gradient through the prior, written as the loss
   0.5 ||x - (x - grad).detach()||^2 / B;
-- regularisers: opacity entropy (crisp silhouettes), sparsity (no fog), total variation.
+- regularisers: opacity entropy (crisp silhouettes), sparsity (no fog), total variation, and
+  on the field's normals (``orientation_weight``, ``normal_smooth_weight``): no surface facing
+  away from a camera that sees it, and smooth normal maps (against bumpy SDS geometry).
 t ~ U[t_min, t_max] with t_max annealed linearly from ``t_max`` to ``t_max_end``, w(t) = 1 -
 alpha_bar_t. ``sds_weight = 0`` is the reference-view-only ablation the acceptance compares to.
 
@@ -77,6 +79,12 @@ class DistillConfig:
     entropy_weight: float = 1.0
     sparsity_weight: float = 0.5
     tv_weight: float = 0.0
+    # normal regularisers on every rendered view (0: off): orientation penalises normals that face
+    # away from the camera where a ray sees something (Ref-NeRF, DreamFusion); smoothness, the
+    # squared difference of neighbouring pixels' unit normals on the surface (threestudio's
+    # normal-map smoothness). Weights chosen by the val ablation in tests/benchmarks/README.md
+    orientation_weight: float = 0.0
+    normal_smooth_weight: float = 0.0
     guidance: float = 3.0  # Zero-1-to-3's range is 3-5 (REFERENCE section 3)
     t_min: float = 0.02
     t_max: float = 0.98
@@ -174,6 +182,7 @@ def distill(prior: ViewPrior | None, image: np.ndarray, camera: Camera, cfg: Dis
         ex_k, ex_e = torch.cat(ks).to(device), torch.cat(es).to(device)
         ex_rgb, ex_alpha = ((ex_images[:, :3].to(device).float() + 1) / 2), ((ex_images[:, 3:].to(device).float() + 1) / 2)
     use_sds = cfg.sds_weight > 0
+    use_normals = cfg.orientation_weight > 0 or cfg.normal_smooth_weight > 0
     if use_sds:
         size, diffusion = prior.image_size, noise_process(prior)
         cond_view = to_prior_image(image[None], size).to(device).expand(cfg.novel_views, -1, -1, -1)
@@ -181,11 +190,14 @@ def distill(prior: ViewPrior | None, image: np.ndarray, camera: Camera, cfg: Dis
     seconds, evaluations = 0.0, 0
     for it in range(cfg.iterations):
         tic = time.perf_counter()
-        out = volume.render(field, ref_k, ref_e, cfg.ref_size, cfg.ref_size, num_samples=cfg.num_samples, generator=dev)
+        out = volume.render(field, ref_k, ref_e, cfg.ref_size, cfg.ref_size, num_samples=cfg.num_samples, generator=dev,
+                            normals=use_normals)
         loss = cfg.rgb_weight * (out["rgb"] - ref_rgb).square().mean() + cfg.mask_weight * (out["alpha"] - ref_alpha).square().mean()
-        alpha_all = [out["alpha"]]
+        alpha_all, renders = [out["alpha"]], [out]
         if extra_views is not None:
-            ex = volume.render(field, ex_k, ex_e, ex_size, ex_size, num_samples=cfg.num_samples, generator=dev)
+            ex = volume.render(field, ex_k, ex_e, ex_size, ex_size, num_samples=cfg.num_samples, generator=dev,
+                               normals=use_normals)
+            renders.append(ex)
             loss = loss + extra_weight * (cfg.rgb_weight * (ex["rgb"] - ex_rgb).square().mean()
                                           + cfg.mask_weight * (ex["alpha"] - ex_alpha).square().mean())
             alpha_all.append(ex["alpha"].flatten(1))
@@ -193,7 +205,8 @@ def distill(prior: ViewPrior | None, image: np.ndarray, camera: Camera, cfg: Dis
             cams = [_novel_camera(camera, cfg, host) for _ in range(cfg.novel_views)]
             ks, es = zip(*(c.tensors(size) for c in cams))
             novel = volume.render(field, torch.cat(ks).to(device), torch.cat(es).to(device), size, size,
-                                  num_samples=cfg.num_samples, generator=dev)
+                                  num_samples=cfg.num_samples, generator=dev, normals=use_normals)
+            renders.append(novel)
             alpha_all.append(novel["alpha"].flatten(1))
             x = _prior_input(novel)
             t_max = cfg.t_max + (cfg.t_max_end - cfg.t_max) * it / max(cfg.iterations - 1, 1)
@@ -213,6 +226,9 @@ def distill(prior: ViewPrior | None, image: np.ndarray, camera: Camera, cfg: Dis
         loss = loss + cfg.entropy_weight * volume.opacity_entropy(alpha) + cfg.sparsity_weight * volume.sparsity(alpha)
         if cfg.tv_weight:
             loss = loss + cfg.tv_weight * volume.density_tv(field)
+        if use_normals:
+            loss = loss + sum(cfg.orientation_weight * r["orientation"].mean()
+                              + cfg.normal_smooth_weight * volume.normal_smoothness(r["normal"], r["alpha"]) for r in renders)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -83,24 +83,36 @@ class VoxelField(nn.Module):
         x = math.log(math.expm1(depth)) if self.config.density_activation == "softplus" else math.log(depth)
         return x - self.config.density_bias
 
-    def query(self, points: Tensor) -> tuple[Tensor, Tensor]:
-        """Density and colour at world points (..., 3) -> (sigma (...) in 1/world units, rgb (..., 3)).
+    def query(self, points: Tensor, normals: bool = False) -> tuple[Tensor, ...]:
+        """Density and colour at world points (..., 3) -> (sigma (...) in 1/world units, rgb (..., 3)),
+        and with ``normals`` a third output: unit normals (..., 3), pointing out of the surface.
 
         Trilinear on the raw grids, clamped to the outer cell centres inside the cube (so a
         constant grid is constant up to the faces); points outside the cube get sigma = 0.
+        Normals are -grad(raw density) normalised: the gradient of the grid by central
+        differences (one-sided at the faces), interpolated like the other channels. The
+        activation is monotonic, so this is the direction of -grad sigma; it is differentiable
+        in the grid, which the normal regularisers of :mod:`pvd.sds.distill` need.
         """
         lead = points.shape[:-1]
         p = points.reshape(-1, 3).to(self.density.dtype)
+        channels = [self.density, self.color]
+        if normals:  # d(raw)/d(world x, y, z): the grid's axes are world x, y, z
+            channels.append(torch.cat(torch.gradient(self.density, spacing=self.voxel_size, dim=(2, 3, 4)), 1))
+        grids = torch.cat(channels, 1)
         # grid_sample reads the grid's last coordinate as the first spatial axis (D), hence the
         # flip to (z, y, x); align_corners=False puts -1 and +1 at the cube's faces, so the
         # normalised coordinate is just world / bound.
         grid = (p / self.config.bound).flip(-1).view(1, -1, 1, 1, 3)
-        raw = F.grid_sample(torch.cat([self.density, self.color], 1), grid, mode="bilinear",
-                            padding_mode="border", align_corners=False).view(4, -1)
+        raw = F.grid_sample(grids, grid, mode="bilinear", padding_mode="border",
+                            align_corners=False).view(grids.shape[1], -1)
         inside = (p.abs() <= self.config.bound).all(-1)
         sigma = torch.where(inside, self.cell_depth(raw[0]) / self.voxel_size, 0.0)
-        rgb = torch.sigmoid(raw[1:]).t()
-        return sigma.view(lead), rgb.reshape(*lead, 3)
+        rgb = torch.sigmoid(raw[1:4]).t()
+        if not normals:
+            return sigma.view(lead), rgb.reshape(*lead, 3)
+        n = -F.normalize(raw[4:7].t(), dim=-1, eps=1e-12)
+        return sigma.view(lead), rgb.reshape(*lead, 3), n.reshape(*lead, 3)
 
     def cell_opacity(self) -> Tensor:
         """(R, R, R) opacity 1 - exp(-cell depth) at the cell centres: ~1 solid, ~0 empty."""
@@ -185,7 +197,7 @@ def ray_box(origins: Tensor, directions: Tensor, bound: float) -> tuple[Tensor, 
 
 def render(field: VoxelField, intrinsics: Tensor, extrinsics: Tensor, height: int, width: int, *,
            num_samples: int = 64, background: float | Tensor = 1.0, generator: torch.Generator | None = None,
-           chunk: int = 16384) -> dict[str, Tensor]:
+           chunk: int = 16384, normals: bool = False) -> dict[str, Tensor]:
     """Volume-render B views of ``field``; differentiable w.r.t. its parameters.
 
     intrinsics: (B, 3, 3) for a height x width image (see :func:`scale_intrinsics`);
@@ -197,7 +209,10 @@ def render(field: VoxelField, intrinsics: Tensor, extrinsics: Tensor, height: in
     batch of samples (bounds the memory of no-grad renders; with grad the graph keeps all).
     Returns dict(rgb (B, 3, H, W) composited on the background, alpha (B, 1, H, W) = sum w_i,
     depth (B, 1, H, W) = sum w_i z_i, the expected camera-z depth not normalised by alpha
-    (divide by alpha for the depth of the surface)).
+    (divide by alpha for the depth of the surface)). With ``normals`` also normal (B, 3, H, W)
+    = sum w_i n_i, the world-frame normal map (not normalised; zero where nothing is seen), and
+    orientation (B, 1, H, W) = sum w_i max(0, n_i . d)^2, Ref-NeRF's penalty on normals that face
+    away from the camera where the ray sees something (d: the ray's direction).
     """
     b = extrinsics.shape[0]
     like = field.density  # dtype and device of everything below
@@ -210,14 +225,15 @@ def render(field: VoxelField, intrinsics: Tensor, extrinsics: Tensor, height: in
     near, far = ray_box(o, d, field.bound)
     offsets = torch.arange(num_samples).to(like)
 
-    rgb_out, alpha_out, depth_out = [], [], []
+    rgb_out, alpha_out, depth_out, normal_out, orient_out = [], [], [], [], []
     for lo in range(0, len(o), chunk):
         sl = slice(lo, lo + chunk)
         width_ = (far[sl] - near[sl]) / num_samples  # (n,) bin width, 0 for rays that miss
         u = (torch.rand(len(width_), num_samples, generator=generator, dtype=like.dtype, device=like.device)
              if generator is not None else 0.5)
         t = near[sl, None] + (offsets + u) * width_[:, None]  # (n, S)
-        sigma, rgb = field.query(o[sl, None] + t[..., None] * d[sl, None])
+        queried = field.query(o[sl, None] + t[..., None] * d[sl, None], normals=normals)
+        sigma, rgb = queried[:2]
         tau = sigma * width_[:, None]
         through = torch.cumsum(tau, -1)
         # T_i alpha_i = exp(-sum_{j<i} tau_j) - exp(-sum_{j<=i} tau_j): the product form, stably
@@ -226,11 +242,18 @@ def render(field: VoxelField, intrinsics: Tensor, extrinsics: Tensor, height: in
         rgb_out.append((weights[..., None] * rgb).sum(-2) + (1.0 - alpha)[:, None] * bg)
         alpha_out.append(alpha)
         depth_out.append((weights * t).sum(-1) * cos[sl])
+        if normals:
+            n = queried[2]
+            normal_out.append((weights[..., None] * n).sum(-2))
+            orient_out.append((weights * (n * d[sl, None]).sum(-1).clamp_min(0).square()).sum(-1))
 
     def image(parts: list[Tensor], channels: int) -> Tensor:
         return torch.cat(parts).reshape(b, height, width, channels).permute(0, 3, 1, 2)
 
-    return {"rgb": image(rgb_out, 3), "alpha": image(alpha_out, 1), "depth": image(depth_out, 1)}
+    out = {"rgb": image(rgb_out, 3), "alpha": image(alpha_out, 1), "depth": image(depth_out, 1)}
+    if normals:
+        out.update(normal=image(normal_out, 3), orientation=image(orient_out, 1))
+    return out
 
 
 def opacity_entropy(alpha: Tensor, eps: float = 1e-6) -> Tensor:
@@ -244,6 +267,20 @@ def sparsity(alpha: Tensor) -> Tensor:
     """Mean accumulated opacity (L1 of alpha, any shape): penalises coverage that the
     reference view does not ask for, i.e. floaters and fog."""
     return alpha.mean()
+
+
+def normal_smoothness(normal: Tensor, alpha: Tensor) -> Tensor:
+    """Smoothness of a rendered normal map: the mean squared difference of unit normals between
+    4-neighbour pixels, each pair weighted by the product of the two pixels' opacities, so that
+    only the object's surface counts and its outline does not (0 for a flat, evenly lit plane).
+
+    normal: (B, 3, H, W) as :func:`render` returns it; alpha: (B, 1, H, W).
+    """
+    n = F.normalize(normal, dim=1, eps=1e-12)
+    pairs = [((n[..., :, 1:] - n[..., :, :-1]).square().sum(1, keepdim=True), alpha[..., :, 1:] * alpha[..., :, :-1]),
+             ((n[..., 1:, :] - n[..., :-1, :]).square().sum(1, keepdim=True), alpha[..., 1:, :] * alpha[..., :-1, :])]
+    weight = sum(w.sum() for _, w in pairs)
+    return sum((d * w).sum() for d, w in pairs) / weight.clamp_min(1e-6)
 
 
 def density_tv(field: VoxelField) -> Tensor:
