@@ -110,7 +110,7 @@ def test_sds_loss_has_the_sds_gradient():
 def test_blob_initialisation_is_a_centred_ball():
     cfg = small_config()
     field = VoxelField(cfg.field)
-    D._init_blob(field, cfg)
+    field.init_blob(cfg.blob_radius, cfg.blob_depth)
     opacity = field.cell_opacity()
     r = cfg.field.resolution
     assert opacity[r // 2, r // 2, r // 2] > 0.5  # solid centre
@@ -165,7 +165,7 @@ def test_failure_report_flags_empty_floaters_and_symmetry():
     assert D.failure_report(VoxelField.from_occupancy(occ, 0.55), cfg, ref)["floaters"]
     # a ball looks the same from the back; the box seen edge-on from azimuth 0 too
     ball = VoxelField(cfg.field)
-    D._init_blob(ball, cfg)
+    ball.init_blob(cfg.blob_radius, cfg.blob_depth)
     assert D.failure_report(ball, cfg, ref)["silhouette_symmetry"] > 0.9
 
 

@@ -47,7 +47,7 @@ from pvd.imageprep import prepare_photo
 from pvd.io import atomic_path, save_points
 from pvd.meshing import save_mesh
 from pvd.runtime import PeakMemory, pick_device
-from pvd.sds.distill import Camera, DistillConfig, render_view, density_grid, distill, silhouette_symmetry
+from pvd.sds.distill import Camera, DistillConfig, render_view, distill, silhouette_symmetry
 from pvd.sds.multiview import ORDERS as M_ORDERS
 from pvd.sds.multiview import MultiViewConfig, reconstruct
 
@@ -181,7 +181,7 @@ def write_shape(out: Path, job: dict, result, cfg: DistillConfig, strip_frames: 
     """Write one shape's files (each atomically) and return its record."""
     name = job["name"]
     with atomic_path(out / f"{name}.density.npy") as tmp, open(tmp, "wb") as fh:
-        np.save(fh, density_grid(result.field).detach().cpu().numpy().astype(np.float32))
+        np.save(fh, result.field.density_grid().detach().cpu().numpy().astype(np.float32))
     if result.points is not None:
         save_points(out / f"{name}.ply", result.points)
         save_points(out / f"{name}.npy", result.points)

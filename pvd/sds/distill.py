@@ -39,7 +39,8 @@ from pvd.metrics import chamfer_distance, f_score
 from pvd.sds import volume
 from pvd.sds.prior import camera_pair, to_prior_image
 from pvd.sds.view_prior import ViewPrior, noise_process
-from pvd.sds.volume import FieldConfig, VoxelField
+from pvd.sds.fields import RadianceField, Representation, make_field
+from pvd.sds.volume import FieldConfig
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,8 @@ class DistillConfig:
     (tests/benchmarks/sds_budget_curve.py, 5 validation shapes) stops improving; see the README."""
 
     iterations: int = 800
-    field: FieldConfig = field(default_factory=FieldConfig)
+    field: FieldConfig = field(default_factory=FieldConfig)  # the cube, and the grid of voxels / of meshing
+    representation: Representation = dataclasses.field(default_factory=Representation)  # voxel | nerf | points (pvd.sds.fields)
     lr: float = 0.05  # Adam on the raw grids
     ref_size: int = 64  # reference-view rendering (the input image is resized to it)
     num_samples: int = 64  # ray-marching samples per ray
@@ -101,32 +103,13 @@ class DistillConfig:
 
 @dataclass
 class DistillResult:
-    field: VoxelField
+    field: RadianceField
     mesh: trimesh.Trimesh | None  # None when the grid holds no surface
     points: np.ndarray | None  # (num_points, 3) float32 world frame, None when empty
     failures: dict[str, float | bool]
     history: list[dict[str, float]]  # per evaluation: iteration, seconds, cd, f1 (when a ground truth was given)
     seconds: float  # optimisation wall time (evaluations excluded)
     evaluations: int  # prior calls (guided calls count once per image)
-
-
-def density_grid(field: VoxelField) -> Tensor:
-    """(R, R, R) density sigma (1/world units) at the cell centres, indexed [x, y, z] over
-    [-bound, bound]^3 (see :mod:`pvd.sds.volume`)."""
-    return field.cell_depth(field.density[0, 0]) / field.voxel_size
-
-
-def _init_blob(field: VoxelField, cfg: DistillConfig) -> None:
-    """Raise the density in a soft ball at the centre (optical depth per cell falling linearly
-    from ``blob_depth`` to the field's faint fog at ``blob_radius``), so the first renderings
-    see an object and every view has gradients."""
-    r = field.config.resolution
-    centres = (torch.arange(r, dtype=torch.float32) + 0.5) * field.voxel_size - field.bound
-    radius = (centres[:, None, None] ** 2 + centres[None, :, None] ** 2 + centres[None, None, :] ** 2).sqrt()
-    depth = (cfg.blob_depth * (1 - radius / cfg.blob_radius)).clamp(min=1e-4)
-    x = torch.log(torch.expm1(depth)) if field.config.density_activation == "softplus" else torch.log(depth)
-    with torch.no_grad():
-        field.density.copy_((x - field.config.density_bias).clamp(min=0.0).to(field.density)[None, None])
 
 
 def _novel_camera(ref: Camera, cfg: DistillConfig, host: torch.Generator) -> Camera:
@@ -146,7 +129,7 @@ def distill(prior: ViewPrior | None, image: np.ndarray, camera: Camera, cfg: Dis
             extra_views: tuple[Tensor, list[Camera]] | None = None, extra_weight: float = 1.0,
             ground_truth: np.ndarray | None = None, eval_every: int = 0,
             progress: Callable[[int, int], None] | None = None,
-            strip: Callable[[int, VoxelField], None] | None = None, device: torch.device | str = "cpu") -> DistillResult:
+            strip: Callable[[int, RadianceField], None] | None = None, device: torch.device | str = "cpu") -> DistillResult:
     """Optimise a voxel field for one input view.
 
     prior: any :class:`pvd.sds.view_prior.ViewPrior` (unused when sds_weight is 0).
@@ -161,12 +144,14 @@ def distill(prior: ViewPrior | None, image: np.ndarray, camera: Camera, cfg: Dis
     ``device`` for the render jitter and the SDS noise (a generator can only feed draws on its
     own device). A fixed seed gives the same result on a given device.
     """
+    if cfg.tv_weight and cfg.representation.kind != "voxel":
+        raise ValueError(f"tv_weight regularises a voxel grid; representation {cfg.representation.kind} has none")
     device = torch.device(device)
     host = torch.Generator().manual_seed(cfg.seed)
     dev = torch.Generator(device).manual_seed(cfg.seed + 1)
     torch.manual_seed(cfg.seed)
-    field = VoxelField(cfg.field).to(device)
-    _init_blob(field, cfg)
+    field = make_field(cfg.field, cfg.representation).to(device)
+    field.init_blob(cfg.blob_radius, cfg.blob_depth)
     opt = torch.optim.Adam(field.parameters(), lr=cfg.lr)
 
     ref_k, ref_e = (x.to(device) for x in camera.tensors(cfg.ref_size))
@@ -190,12 +175,12 @@ def distill(prior: ViewPrior | None, image: np.ndarray, camera: Camera, cfg: Dis
     seconds, evaluations = 0.0, 0
     for it in range(cfg.iterations):
         tic = time.perf_counter()
-        out = volume.render(field, ref_k, ref_e, cfg.ref_size, cfg.ref_size, num_samples=cfg.num_samples, generator=dev,
+        out = field.render(ref_k, ref_e, cfg.ref_size, cfg.ref_size, num_samples=cfg.num_samples, generator=dev,
                             normals=use_normals)
         loss = cfg.rgb_weight * (out["rgb"] - ref_rgb).square().mean() + cfg.mask_weight * (out["alpha"] - ref_alpha).square().mean()
         alpha_all, renders = [out["alpha"]], [out]
         if extra_views is not None:
-            ex = volume.render(field, ex_k, ex_e, ex_size, ex_size, num_samples=cfg.num_samples, generator=dev,
+            ex = field.render(ex_k, ex_e, ex_size, ex_size, num_samples=cfg.num_samples, generator=dev,
                                normals=use_normals)
             renders.append(ex)
             loss = loss + extra_weight * (cfg.rgb_weight * (ex["rgb"] - ex_rgb).square().mean()
@@ -204,7 +189,7 @@ def distill(prior: ViewPrior | None, image: np.ndarray, camera: Camera, cfg: Dis
         if use_sds:
             cams = [_novel_camera(camera, cfg, host) for _ in range(cfg.novel_views)]
             ks, es = zip(*(c.tensors(size) for c in cams))
-            novel = volume.render(field, torch.cat(ks).to(device), torch.cat(es).to(device), size, size,
+            novel = field.render(torch.cat(ks).to(device), torch.cat(es).to(device), size, size,
                                   num_samples=cfg.num_samples, generator=dev, normals=use_normals)
             renders.append(novel)
             alpha_all.append(novel["alpha"].flatten(1))
@@ -224,7 +209,7 @@ def distill(prior: ViewPrior | None, image: np.ndarray, camera: Camera, cfg: Dis
             loss = loss + cfg.sds_weight * sds_loss(x, sds_gradient(diffusion, eps_hat, noise, t, cfg.grad_clip))
         alpha = torch.cat([a.flatten() for a in alpha_all])
         loss = loss + cfg.entropy_weight * volume.opacity_entropy(alpha) + cfg.sparsity_weight * volume.sparsity(alpha)
-        if cfg.tv_weight:
+        if cfg.tv_weight:  # voxel grids only (checked below)
             loss = loss + cfg.tv_weight * volume.density_tv(field)
         if use_normals:
             loss = loss + sum(cfg.orientation_weight * r["orientation"].mean()
@@ -261,7 +246,7 @@ def sds_loss(x: Tensor, grad: Tensor) -> Tensor:
     return 0.5 * (x - (x - grad).detach()).square().sum() / x.shape[0]
 
 
-def surface(field: VoxelField, cfg: DistillConfig) -> tuple[trimesh.Trimesh | None, np.ndarray | None]:
+def surface(field: RadianceField, cfg: DistillConfig) -> tuple[trimesh.Trimesh | None, np.ndarray | None]:
     """The marching-cubes mesh of the density at the surface level and ``num_points`` points
     sampled on it (seeded); (None, None) when the grid holds no surface."""
     mesh = volume.extract_mesh(field, cfg.surface_opacity)
@@ -279,7 +264,7 @@ def score(points: np.ndarray | None, ground_truth: np.ndarray) -> dict[str, floa
     return {"cd": float(chamfer_distance(a, b)), "f1": float(f_score(a, b, 0.01))}
 
 
-def failure_report(field: VoxelField, cfg: DistillConfig, camera: Camera, *, empty_fraction: float = 1e-4,
+def failure_report(field: RadianceField, cfg: DistillConfig, camera: Camera, *, empty_fraction: float = 1e-4,
                    floater_fraction: float = 0.05) -> dict[str, float | bool]:
     """Detect the known failure modes of score distillation, per shape.
 
@@ -292,7 +277,7 @@ def failure_report(field: VoxelField, cfg: DistillConfig, camera: Camera, *, emp
     it with the ground truth's silhouettes (:func:`silhouette_symmetry`) to flag duplication.
     """
     with torch.no_grad():
-        occupied = (field.cell_opacity() > cfg.surface_opacity).cpu().numpy()
+        occupied = (field.opacity_grid() > cfg.surface_opacity).cpu().numpy()
     total = int(occupied.sum())
     report: dict[str, float | bool] = {"occupied_fraction": total / occupied.size}
     report["empty"] = bool(report["occupied_fraction"] < empty_fraction)
@@ -311,11 +296,11 @@ def failure_report(field: VoxelField, cfg: DistillConfig, camera: Camera, *, emp
     return report
 
 
-def render_view(field: VoxelField, camera: Camera, cfg: DistillConfig) -> np.ndarray:
+def render_view(field: RadianceField, camera: Camera, cfg: DistillConfig) -> np.ndarray:
     """(S, S, 4) float RGBA in [0, 1] (white background) at the reference size, no gradients."""
-    k, e = (x.to(field.density.device) for x in camera.tensors(cfg.ref_size))
+    k, e = (x.to(next(field.parameters()).device) for x in camera.tensors(cfg.ref_size))
     with torch.no_grad():
-        out = volume.render(field, k, e, cfg.ref_size, cfg.ref_size, num_samples=cfg.num_samples)
+        out = field.render(k, e, cfg.ref_size, cfg.ref_size, num_samples=cfg.num_samples)
     return torch.cat([out["rgb"], out["alpha"]], dim=1)[0].permute(1, 2, 0).cpu().numpy()
 
 

@@ -118,6 +118,28 @@ class VoxelField(nn.Module):
         """(R, R, R) opacity 1 - exp(-cell depth) at the cell centres: ~1 solid, ~0 empty."""
         return -torch.expm1(-self.cell_depth(self.density[0, 0]))
 
+    # ---- what every representation offers lifting (pvd.sds.fields.RadianceField) ----
+
+    def render(self, intrinsics: Tensor, extrinsics: Tensor, height: int, width: int, **options) -> dict[str, Tensor]:
+        """Volume-render B views: :func:`render` with this field."""
+        return render(self, intrinsics, extrinsics, height, width, **options)
+
+    def opacity_grid(self) -> Tensor:
+        """(R, R, R) opacity at the cell centres (:meth:`cell_opacity`): what meshing and the failure flags read."""
+        return self.cell_opacity()
+
+    def density_grid(self) -> Tensor:
+        """(R, R, R) density sigma (1/world units) at the cell centres, indexed [x, y, z]."""
+        return self.cell_depth(self.density[0, 0]) / self.voxel_size
+
+    def init_blob(self, radius: float, depth: float) -> None:
+        """Raise the density in a soft ball at the centre (DreamFusion's density blob): optical
+        depth per cell falling linearly from ``depth`` at the centre to the faint fog at ``radius``."""
+        with torch.no_grad():
+            self.density.copy_(blob_raw(self, cell_centres(self.config.resolution, self.bound).view(-1, 3), radius, depth)
+                               .view(1, 1, *self.density.shape[2:]).to(self.density))
+
+
     @classmethod
     def from_occupancy(cls, occupancy: Any, bound: float, *, level: float = 0.2, empty_depth: float = 1e-4,
                        color: Any = (0.7, 0.7, 0.7), config: FieldConfig | None = None) -> VoxelField:
@@ -150,6 +172,20 @@ class VoxelField(nn.Module):
             field.color.copy_(torch.logit(rgb).view(1, 3, 1, 1, 1).expand_as(field.color))
         return field
 
+
+def cell_centres(resolution: int, bound: float) -> Tensor:
+    """(R, R, R, 3) float32 world coordinates of the cell centres of [-bound, bound]^3, indexed [x, y, z]."""
+    c = (torch.arange(resolution, dtype=torch.float32) + 0.5) * (2 * bound / resolution) - bound
+    return torch.stack(torch.meshgrid(c, c, c, indexing="ij"), -1)
+
+
+def blob_raw(field: VoxelField, points: Tensor, radius: float, depth: float) -> Tensor:
+    """Raw density (N,) of the density blob at world points (N, 3): the raw value whose optical
+    depth per cell is ``depth (1 - |x| / radius)``, and 0 (the field's faint fog) beyond it.
+    Shared by every representation so that all start from the same ball."""
+    d = (depth * (1 - points.norm(dim=-1) / radius)).clamp(min=1e-4)
+    x = torch.log(torch.expm1(d)) if field.config.density_activation == "softplus" else torch.log(d)
+    return (x - field.config.density_bias).clamp(min=0.0)
 
 def scale_intrinsics(intrinsics: Tensor, factor: float) -> Tensor:
     """Intrinsics (..., 3, 3) for an image resized by ``factor`` (e.g. 0.5: 64x64 -> 32x32).
@@ -336,21 +372,22 @@ def occupancy_from_points(points: Any, resolution: int, bound: float, close: int
     return solid | shell
 
 
-def extract_mesh(field: VoxelField, threshold: float = 0.5) -> trimesh.Trimesh:
-    """Marching cubes on the cell opacity (:meth:`VoxelField.cell_opacity`) at ``threshold``.
+def extract_mesh(field, threshold: float = 0.5) -> trimesh.Trimesh:
+    """Marching cubes on a field's opacity grid (``opacity_grid()``, any representation) at ``threshold``.
 
     Vertices are in world coordinates, faces wound outward (positive volume). The grid is
     padded with empty cells so that the surface closes at the cube's faces. A field with no
     cell above the threshold gives an empty mesh (``mesh.is_empty``) rather than an error.
     """
     with torch.no_grad():
-        opacity = field.cell_opacity().double().cpu().numpy()
+        opacity = field.opacity_grid().double().cpu().numpy()
     if not opacity.max() > threshold:
         return trimesh.Trimesh()
     padded = np.pad(opacity, 1)
     # "ascent": our values rise into the solid, and that direction winds skimage's faces outward
     verts, faces, _, _ = marching_cubes(padded, level=threshold, gradient_direction="ascent")
-    verts = (verts - 0.5) * field.voxel_size - field.bound  # padded index p is cell p - 1, centre (p - 1 + 0.5) s - bound
+    cell = 2.0 * field.bound / opacity.shape[0]
+    verts = (verts - 0.5) * cell - field.bound  # padded index p is cell p - 1, centre (p - 1 + 0.5) s - bound
     return trimesh.Trimesh(vertices=verts, faces=faces, process=False)
 
 
