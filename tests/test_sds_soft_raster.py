@@ -44,7 +44,8 @@ def naive(v, f, c, k, e, h, w, sigma, gamma, bg=1.0):
                 w1 = ((p[0] - a[0]) * (cc[1] - a[1]) - (p[1] - a[1]) * (cc[0] - a[0])) / area
                 bary = np.array([w0, w1, 1 - w0 - w1])
                 d = min(seg(p, a, b), seg(p, b, cc), seg(p, cc, a))
-                cov.append(1 / (1 + math.exp(-(d if (bary > 0).all() else -d) / sigma)))
+                sq = d * d / sigma**2
+                cov.append(1 / (1 + math.exp(-(sq if (bary > 0).all() else -sq))))
                 cl = np.clip(bary, 0, 1)
                 cl /= cl.sum()
                 zs = cam[face, 2]

@@ -193,20 +193,10 @@ def distill(prior: ViewPrior | None, image: np.ndarray, camera: Camera, cfg: Dis
                                   num_samples=cfg.num_samples, generator=dev, normals=use_normals)
             renders.append(novel)
             alpha_all.append(novel["alpha"].flatten(1))
-            x = _prior_input(novel)
             t_max = cfg.t_max + (cfg.t_max_end - cfg.t_max) * it / max(cfg.iterations - 1, 1)
-            frac = cfg.t_min + (t_max - cfg.t_min) * torch.rand(len(cams), generator=host)
-            t = (frac * (diffusion.num_steps - 1)).round().long()  # on the host, where the tables are read
-            noise = torch.randn(x.shape, generator=dev, dtype=x.dtype, device=device)
-            rel = camera_pair(*(torch.full((len(cams),), v, dtype=torch.float32) for v in
-                                    (camera.elevation, camera.azimuth, camera.distance)),
-                                  torch.tensor([c.elevation for c in cams]), torch.tensor([c.azimuth for c in cams]),
-                                  torch.tensor([c.distance for c in cams])).to(device)
-            with torch.no_grad():
-                x_t = diffusion.q_sample(x.detach(), t, noise)
-                eps_hat = prior.predict_noise(x_t, t.to(device), cond_view, rel, cfg.guidance)
+            loss = loss + cfg.sds_weight * score_distillation(prior, diffusion, _prior_input(novel), cond_view, camera, cams,
+                                                              (cfg.t_min, t_max), cfg, host, dev)
             evaluations += len(cams)
-            loss = loss + cfg.sds_weight * sds_loss(x, sds_gradient(diffusion, eps_hat, noise, t, cfg.grad_clip))
         alpha = torch.cat([a.flatten() for a in alpha_all])
         loss = loss + cfg.entropy_weight * volume.opacity_entropy(alpha) + cfg.sparsity_weight * volume.sparsity(alpha)
         if cfg.tv_weight:  # voxel grids only (checked below)
@@ -229,6 +219,28 @@ def distill(prior: ViewPrior | None, image: np.ndarray, camera: Camera, cfg: Dis
         history.append({"iteration": cfg.iterations, "seconds": seconds, **score(points, ground_truth)})
     return DistillResult(field=field, mesh=mesh, points=points, failures=failure_report(field, cfg, camera),
                          history=history, seconds=seconds, evaluations=evaluations)
+
+
+def camera_pairs(source: Camera, targets: list[Camera]) -> Tensor:
+    """(len(targets), 6) camera pairs from ``source`` to each target (:func:`pvd.sds.prior.camera_pair`)."""
+    return camera_pair(source.elevation, source.azimuth, source.distance, [c.elevation for c in targets],
+                       [c.azimuth for c in targets], [c.distance for c in targets])
+
+
+def score_distillation(prior: ViewPrior, diffusion, x: Tensor, cond_view: Tensor, camera: Camera, cams: list[Camera],
+                       t_range: tuple[float, float], cfg: DistillConfig, host: torch.Generator, dev: torch.Generator) -> Tensor:
+    """The SDS loss of renderings x (B, 4, S, S) in [-1, 1] seen from ``cams`` (B of them), the prior
+    conditioned on ``cond_view`` (B, 4, S, S) seen from ``camera``: t ~ U[t_range] (drawn on the
+    host, where the tables are read), noise on x's device, one guided prior call without
+    gradient, and the loss whose gradient is w(t) (eps_hat - eps) (:func:`sds_loss`)."""
+    lo, hi = t_range
+    frac = lo + (hi - lo) * torch.rand(len(cams), generator=host)
+    t = (frac * (diffusion.num_steps - 1)).round().long()
+    noise = torch.randn(x.shape, generator=dev, dtype=x.dtype, device=x.device)
+    with torch.no_grad():
+        x_t = diffusion.q_sample(x.detach(), t, noise)
+        eps_hat = prior.predict_noise(x_t, t.to(x.device), cond_view, camera_pairs(camera, cams).to(x.device), cfg.guidance)
+    return sds_loss(x, sds_gradient(diffusion, eps_hat, noise, t, cfg.grad_clip))
 
 
 def sds_gradient(diffusion, eps_hat: Tensor, noise: Tensor, t: Tensor, clip: float = 0.0) -> Tensor:

@@ -25,8 +25,8 @@ from torch import Tensor
 
 from pvd.data.cameras import project
 from pvd.sds import volume
-from pvd.sds.distill import Camera, DistillConfig, DistillResult, distill
-from pvd.sds.prior import camera_pair, to_prior_image
+from pvd.sds.distill import Camera, DistillConfig, DistillResult, camera_pairs, distill
+from pvd.sds.prior import to_prior_image
 from pvd.sds.view_prior import ViewPrior, sample_views
 
 ORDERS = ("independent", "chain")
@@ -74,11 +74,6 @@ def _azimuth_gap(a: float, b: float) -> float:
     return abs((a - b + 180.0) % 360.0 - 180.0)
 
 
-def _pair(src: Camera, dst: list[Camera]) -> Tensor:
-    return camera_pair(src.elevation, src.azimuth, src.distance, [c.elevation for c in dst],
-                       [c.azimuth for c in dst], [c.distance for c in dst])
-
-
 def generate_views(prior: ViewPrior, image: np.ndarray, camera: Camera, cfg: MultiViewConfig, *,
                    device: torch.device | str = "cpu") -> tuple[Tensor, list[Camera]]:
     """(views (K, 4, S, S) in [-1, 1], their cameras): K novel views of ``image`` ((H, W, 4)
@@ -89,13 +84,13 @@ def generate_views(prior: ViewPrior, image: np.ndarray, camera: Camera, cfg: Mul
     targets = view_cameras(camera, cfg.views)
     gen = torch.Generator(device).manual_seed(cfg.seed)
     if cfg.order == "independent":
-        views = sample_views(prior, source.expand(len(targets), -1, -1, -1), _pair(camera, targets).to(device),
+        views = sample_views(prior, source.expand(len(targets), -1, -1, -1), camera_pairs(camera, targets).to(device),
                              steps=cfg.steps, guidance=cfg.guidance, generator=gen)
         return views, targets
     known_views, known_cameras = [source], [camera]
     for target in targets:
         nearest = min(range(len(known_cameras)), key=lambda i: _azimuth_gap(known_cameras[i].azimuth, target.azimuth))
-        view = sample_views(prior, known_views[nearest], _pair(known_cameras[nearest], [target]).to(device),
+        view = sample_views(prior, known_views[nearest], camera_pairs(known_cameras[nearest], [target]).to(device),
                             steps=cfg.steps, guidance=cfg.guidance, generator=gen)
         known_views.append(view)
         known_cameras.append(target)
