@@ -5,7 +5,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from pvd.sds import distill as D
 from pvd.sds import magic3d as M

@@ -143,3 +143,25 @@ def test_the_command_rejects_bad_multiview_options_in_one_line(tmp_path, capsys,
     from in_process import run_main
     code, _, err = run_main(sds_command, [*args, "--out", tmp_path / "o"], capsys)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_the_command_runs_magic3d_with_another_representation(pipeline_data, tmp_path, capsys):
+    import json
+
+    from pvd.sds import train_prior
+    from pvd.sds.__main__ import main as sds_command
+    from in_process import run_main
+    from test_sds_prior import tiny_args
+    assert train_prior.main(tiny_args(pipeline_data, tmp_path / "prior")) == 0
+    out = tmp_path / "m3d"
+    code, stdout, err = run_main(sds_command, ["--method", "magic3d", "--representation", "nerf", "--prior", tmp_path / "prior",
+                                               "--data", pipeline_data, "--split", "val", "--num", "1", "--iterations", "3",
+                                               "--threads", "1", "--out", out, "--refine-set", "iterations=2",
+                                               "mesh_resolution=8", "--set", "field.resolution=12", "ref_size=16",
+                                               "num_samples=12", "num_points=128", "blob_depth=6"], capsys)
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == "magic3d" and summary["refine"]["iterations"] == 2
+    assert summary["config"]["representation"]["kind"] == "nerf"
+    rec = summary["records"][0]
+    assert rec["prior_evaluations"] == 5 and "coarse_cd" in rec  # 3 coarse + 2 fine

@@ -1,9 +1,12 @@
-"""Lift one image (or a dataset split) to 3D with a 2D view prior: by score distillation, or by
-multi-view reconstruction (generate views once, then fit them: ``--method multiview``).
+"""Lift one image (or a dataset split) to 3D with a 2D view prior: by score distillation, by
+multi-view reconstruction (generate views once, then fit them: ``--method multiview``), or by
+Magic3D's two stages (SDS, then its mesh refined: ``--method magic3d``).
 
     python -m pvd.sds --prior runs/sds-prior --image chair.png --out outputs/sds
     python -m pvd.sds --method multiview --views 6 --order chain --prior runs/sds-prior --data data/synth.h5 \
         --split val --num 6 --out outputs/mv-val
+    python -m pvd.sds --method magic3d --prior runs/sds-prior --data data/synth.h5 --split val --num 6 --out outputs/m3d
+    python -m pvd.sds --representation nerf --set orientation_weight=1 normal_smooth_weight=1 ...   # see --help
     python -m pvd.sds --prior runs/sds-prior --data data/synth.h5 --split test --num 20 --out outputs/sds-test
     python -m pvd.sds --data data/synth.h5 --split test --num 20 --sds-weight 0 --out outputs/ref-only
     python -m pvd.sds --prior runs/sds-prior --data data/synth.h5 --split val --num 5 \\
@@ -14,7 +17,8 @@ Per shape NAME: NAME.ply / NAME.npy (points sampled on the mesh, world frame, li
 NAME.obj (the marching-cubes mesh), NAME.density.npy (the density grid), NAME.png (input |
 front | side | back renderings), with --strip NAME.strip.png (views during the optimisation),
 with --method multiview NAME.views.png (the generated views, input first) and the views'
-consistency score in the record,
+consistency score in the record, with --method magic3d the refined mesh and points (the coarse
+stage's scores in the record as coarse_cd / coarse_f1),
 and records/NAME.json (wall time, peak memory, prior evaluations, failure flags and, over a
 dataset, Chamfer distance and F-score to the ground truth). A rerun into the same folder
 skips shapes whose record exists. summary.json holds every record and the means; with
@@ -49,6 +53,8 @@ from pvd.meshing import save_mesh
 from pvd.runtime import PeakMemory, pick_device
 from pvd.sds.distill import Camera, DistillConfig, render_view, distill, silhouette_symmetry
 from pvd.sds.multiview import ORDERS as M_ORDERS
+from pvd.sds.fields import REPRESENTATIONS
+from pvd.sds.magic3d import RefineConfig, two_stage
 from pvd.sds.multiview import MultiViewConfig, reconstruct
 
 GT_POINTS = 2048  # ground-truth points scored against (a fixed, seeded subset of the stored cloud)
@@ -68,8 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--azimuth", type=float, default=0.0, help="a photo's assumed camera (degrees)")
     p.add_argument("--elevation", type=float, default=27.5)
     p.add_argument("--distance", type=float, default=1.4)
-    p.add_argument("--method", choices=("sds", "multiview"), default="sds",
-                   help="sds: score distillation; multiview: generate --views views, then fit them (no prior calls in the fit)")
+    p.add_argument("--method", choices=("sds", "multiview", "magic3d"), default="sds",
+                   help="sds: score distillation; multiview: generate --views views, then fit them (no prior calls in "
+                        "the fit); magic3d: SDS, then its mesh refined under the prior (--refine-set)")
+    p.add_argument("--representation", choices=REPRESENTATIONS, default=None,
+                   help="what is optimised: voxel grid (default), coordinate network (nerf) or Gaussian points")
+    p.add_argument("--refine-set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="magic3d: RefineConfig fields of the fine stage, e.g. iterations=300 laplacian_weight=50")
     p.add_argument("--views", type=int, default=None, help="multiview: generated views (default 6)")
     p.add_argument("--order", choices=M_ORDERS, default=None, help="multiview: generation order (default chain)")
     p.add_argument("--view-weight", type=float, default=None, help="multiview: a generated view's loss weight (default 0.5)")
@@ -94,6 +105,8 @@ def make_config(args) -> DistillConfig:
     for key in ("iterations", "sds_weight", "guidance", "seed"):
         if getattr(args, key) is not None:
             setattr(cfg, key, getattr(args, key))
+    if args.representation is not None:
+        cfg.representation = dataclasses.replace(cfg.representation, kind=args.representation)
     if cfg.iterations < 1:
         raise UserError(f"iterations must be at least 1, got {cfg.iterations}")
     return cfg
@@ -216,6 +229,14 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("--views, --order, --view-weight and --steps belong to --method multiview")
     cfg = make_config(args)
     mv = make_multiview_config(args, cfg) if args.method == "multiview" else None
+    if args.refine_set and args.method != "magic3d":
+        raise UserError("--refine-set belongs to --method magic3d")
+    refine_cfg = apply_overrides(RefineConfig(), args.refine_set) if args.method == "magic3d" else None
+    if refine_cfg is not None:
+        try:
+            RefineConfig.__post_init__(refine_cfg)
+        except ValueError as e:
+            raise UserError(str(e)) from None
     device = pick_device(args.device)
     if args.threads is not None:
         if args.threads < 1:
@@ -224,9 +245,10 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     prior = None
-    if cfg.sds_weight > 0 or mv is not None:
+    if cfg.sds_weight > 0 or args.method != "sds":
         if not args.prior:
-            raise UserError("--prior is needed unless --sds-weight 0" if mv is None else "--method multiview needs --prior")
+            raise UserError("--prior is needed unless --sds-weight 0" if args.method == "sds" else
+                            f"--method {args.method} needs --prior")
         from pvd.sds.view_prior import TrainedViewPrior
         prior = TrainedViewPrior.load(args.prior, device)
     jobs = photo_jobs(args) if args.image else dataset_jobs(args)
@@ -252,7 +274,16 @@ def main(argv: list[str] | None = None) -> int:
 
         eval_every = args.eval_every or (cfg.iterations if "ground_truth" in job else 0)
         with PeakMemory(device) as memory:
-            if mv is None:
+            if refine_cfg is not None:
+                two = two_stage(prior, np.asarray(job["image"]), job["camera"], cfg, refine_cfg,
+                                ground_truth=job.get("ground_truth"), device=device)
+                coarse = two.coarse.history[-1] if two.coarse.history else {}
+                # the shape written and scored is the refined mesh; the failure flags read the coarse field
+                result = dataclasses.replace(two.coarse, mesh=two.mesh, points=two.points,
+                                             history=two.coarse.history + two.history)
+                extra = {"seconds": two.seconds, "prior_evaluations": two.evaluations, "coarse_cd": coarse.get("cd"),
+                         "coarse_f1": coarse.get("f1"), "coarse_seconds": two.coarse.seconds}
+            elif mv is None:
                 result = distill(prior, np.asarray(job["image"]), job["camera"], cfg, ground_truth=job.get("ground_truth"),
                                  eval_every=eval_every, strip=strip, device=device)
                 extra = {"seconds": result.seconds, "prior_evaluations": result.evaluations}
@@ -280,19 +311,22 @@ def main(argv: list[str] | None = None) -> int:
             Path(tmp).write_text(json.dumps(record, indent=1))
         records.append(record)
         bar.set_postfix(s=f"{result.seconds:.0f}", cd=f"{record.get('cd', math.nan):.4f}")
-    write_summary(out, records, mv or cfg, args, device)
+    write_summary(out, records, mv or cfg, args, device, refine_cfg)
     print(f"wrote {len(records)} shape(s) to {out}/ (summary.json)")
     return 0
 
 
-def write_summary(out: Path, records: list[dict], cfg: DistillConfig | MultiViewConfig, args, device) -> None:
+def write_summary(out: Path, records: list[dict], cfg: DistillConfig | MultiViewConfig, args, device,
+                  refine_cfg: RefineConfig | None = None) -> None:
     def mean(key: str) -> float | None:
         values = [r[key] for r in records if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
         return float(np.mean(values)) if values else None
 
-    summary = {"method": args.method, "config": to_dict(cfg), "prior": args.prior, "device": str(device),
+    summary = {"method": args.method, "config": to_dict(cfg), "refine": to_dict(refine_cfg) if refine_cfg else None,
+               "prior": args.prior, "device": str(device),
                "shapes": len(records),
-               "mean": {k: mean(k) for k in ("cd", "f1", "seconds", "peak_memory_mb", "prior_evaluations", "view_consistency")},
+               "mean": {k: mean(k) for k in ("cd", "f1", "seconds", "peak_memory_mb", "prior_evaluations", "view_consistency",
+                                             "coarse_cd", "coarse_f1")},
                "failures": {k: int(sum(bool(r.get(k)) for r in records)) for k in ("empty", "floaters", "janus")},
                "records": records}
     with atomic_path(out / "summary.json") as tmp:
