@@ -81,6 +81,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from pvd.bench.common import LIFTING
 from pvd.bench.run import run_benchmark
 from pvd.bench.training import train
 from pvd.diffusion.samplers import SAMPLERS
@@ -145,7 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--throughput-batches", default="1,4,8,16,32")
     p.add_argument("--retrieval-metric", choices=("cosine", "l2"), default="cosine")
     p.add_argument("--distribution", default="cd,emd", help="distribution metrics over: cd, emd, both or '' for none")
-    p.add_argument("--sds-set", nargs="*", default=[], metavar="KEY=VALUE", help="DistillConfig overrides for the SDS command")
+    p.add_argument("--sds-set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="DistillConfig overrides for every lifting method (SDS, the multi-view fit, Magic3D's coarse stage)")
+    p.add_argument("--lifting", nargs="+", default=["sds"], choices=LIFTING,
+                   help="lifting methods run with the --sds prior on the first --sds-num shapes: sds, multiview, magic3d")
+    p.add_argument("--multiview-args", default="", metavar="'ARGS'",
+                   help="extra options of python -m pvd.sds --method multiview, e.g. '--views 6 --order chain'")
+    p.add_argument("--refine-set", nargs="*", default=[], metavar="KEY=VALUE", help="RefineConfig overrides for magic3d")
     p.add_argument("--workers", type=int, default=None, help="processes for pairwise distances (default: all cores)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads here and in the SDS command (default: torch's); 1 is much faster on cores "
@@ -161,6 +168,8 @@ def check_args(args: argparse.Namespace) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
     if args.sds_num < 0:
         raise UserError("--sds-num must be >= 0")
+    if len(set(args.lifting)) != len(args.lifting):
+        raise UserError("--lifting names a method twice")
     if args.points is not None and args.points < 1:
         raise UserError("--points must be at least 1")
     if args.workers is not None and args.workers < 1:

@@ -57,7 +57,8 @@ def args(models, out, *extra):
             "--sampler", "ddim", "--steps", "2", "--steps-curve", "ddim:1,2", "--guidance-curve", "1,2",
             "--curve-num", "2", "--batch", "2", "--latency-shapes", "1", "--throughput-batches", "1,2", "--workers", "1",
             "--sds-set", "iterations=2", "field.resolution=12", "ref_size=16", "num_samples=8", "num_points=200",
-            *extra]
+            "--lifting", "sds", "multiview", "magic3d", "--multiview-args", "--views 2 --steps 2",
+            "--refine-set", "iterations=2", "mesh_resolution=8", *extra]
 
 
 @pytest.fixture(scope="module")
@@ -79,10 +80,15 @@ def test_every_output_is_written_with_finite_consistent_numbers(first):
     assert not list(first.rglob("*.partial"))
     result = json.loads((first / "results.json").read_text())
     q = result["quality"]
-    assert list(q["methods"]) == ["pvd", "ablation", "sds", "regressor", "regressor-alone", "retrieval", "retrieval-alone",
-                                 "oracle", "truth-resample"]
+    assert list(q["methods"]) == ["pvd", "ablation", "sds", "multiview", "magic3d", "regressor", "regressor-alone",
+                                 "retrieval", "retrieval-alone", "oracle", "truth-resample"]
     assert result["cost"]["methods"]["regressor"]["network_evaluations_per_shape"] == 1
-    assert q["methods"]["sds"]["shapes"] == 1 and q["methods"]["pvd"]["shapes"] == 2
+    assert q["methods"]["pvd"]["shapes"] == 2
+    for method in ("sds", "multiview", "magic3d"):  # the same shape, the same view for every lifting method
+        assert q["methods"][method]["shapes"] == 1 and set(q["lifting_flags"][method]) >= {"janus", "floaters", "empty"}
+        assert result["cost"]["methods"][method]["network_evaluations_per_shape"] > 0
+    assert result["cost"]["methods"]["multiview"]["network_evaluations_per_shape"] == 4  # 2 views x 2 DDIM steps
+    assert result["cost"]["methods"]["magic3d"]["network_evaluations_per_shape"] == 4  # 2 coarse + 2 fine iterations
     for method, summary in q["methods"].items():
         for key in ("cd", "emd", "f1", "f2", "iou", "mesh_f1", "mesh_nc", "r2"):
             ci = summary["mean"][key]
@@ -90,13 +96,14 @@ def test_every_output_is_written_with_finite_consistent_numbers(first):
             assert ci["low"] <= ci["mean"] <= ci["high"]
         assert summary["mean"]["cd"]["mean"] >= 0 and 0 <= summary["mean"]["f1"]["mean"] <= 1
     rows = read_csv(first / "results.csv")
-    assert len(rows) == 2 * 8 + 1
+    assert len(rows) == 2 * 8 + 3
     by = {(r["method"], r["name"]): r for r in rows}
     for name in {r["name"] for r in rows}:
         # The oracle answers with the training shape nearest in Chamfer distance: never worse than retrieval.
         assert float(by["oracle", name]["cd"]) <= float(by["retrieval", name]["cd"]) * (1 + 1e-5)
-    assert {d["b"] for d in q["differences"] if d["a"] == "pvd"} == {"ablation", "sds", "regressor", "regressor-alone", "retrieval",
-                                                                          "retrieval-alone", "oracle"}
+    assert {d["b"] for d in q["differences"] if d["a"] == "pvd"} == {"ablation", "sds", "multiview", "magic3d", "regressor",
+                                                                      "regressor-alone", "retrieval", "retrieval-alone", "oracle"}
+    assert {d["b"] for d in q["differences"] if d["a"] == "sds"} == {"multiview", "magic3d"}  # against today's SDS
     assert all(int(r["points"]) == 16 for r in rows if r["method"] in ("regressor", "regressor-alone"))  # the heads' clouds
     for d in q["differences"]:
         assert d["low"] <= d["mean"] <= d["high"]
@@ -105,7 +112,6 @@ def test_every_output_is_written_with_finite_consistent_numbers(first):
         assert {"MMD-CD", "COV-CD", "1-NNA-CD", "MMD-EMD", "1-NNA-EMD", "P-FID"} <= set(dist)
     assert [p["steps"] for p in q["curves"]["steps"]] == [1, 2]
     assert [p["guidance"] for p in q["curves"]["guidance"]] == [1.0, 2.0]
-    assert set(q["sds_flags"]) >= {"janus", "floaters", "empty"}
     cost = result["cost"]
     assert cost["methods"]["pvd"]["network_evaluations_per_shape"] == 2  # ddim-2, guided calls count once
     assert cost["methods"]["ablation"]["network_evaluations_per_shape"] == 2  # the same sampler from T-1
@@ -248,7 +254,7 @@ def test_the_device_reaches_the_training_commands_and_the_sds_command(pipeline_d
     monkeypatch.setattr(baselines.subprocess, "run", lambda cmd, **kw: calls.append(cmd) or subprocess.CompletedProcess(cmd, 0))
     cli = argparse.Namespace(sds=str(tmp_path / "prior"), sds_num=1, seed=0, threads=None, sds_set=[])
     split = types.SimpleNamespace(path=data, split="test", view=0, num=1, shapes=[])
-    assert baselines.run_sds(cli, split, torch.device("cpu"), tmp_path / "sds") == {}
+    assert baselines.run_lifting(cli, split, torch.device("cpu"), tmp_path / "sds") == {}
     (cmd,) = calls
     assert cmd[1:3] == ["-m", "pvd.sds"] and sds_parser().parse_args(cmd[3:]).device == "cpu"
 

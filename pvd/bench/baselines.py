@@ -1,5 +1,5 @@
-"""The baselines beside PVD: the SDS lifting command (``python -m pvd.sds``, run as a child
-process) and retrieval / the Chamfer oracle over the training shapes."""
+"""The baselines beside PVD: the lifting methods (``python -m pvd.sds --method M``, each run as a
+child process) and retrieval / the Chamfer oracle over the training shapes."""
 
 from __future__ import annotations
 
@@ -21,23 +21,29 @@ from pvd.bench.data import Data
 from pvd.errors import UserError
 
 
-def run_sds(args: argparse.Namespace, data: Data, device: torch.device, folder: Path) -> dict[str, dict[str, Any]]:
-    """``python -m pvd.sds`` over the first --sds-num split shapes (its own per-shape caching);
-    returns name -> {"points": (N, 3) world | None, "mesh": path | None, "record": dict}."""
+def run_lifting(args: argparse.Namespace, data: Data, device: torch.device, folder: Path, method: str = "sds"
+                ) -> dict[str, dict[str, Any]]:
+    """``python -m pvd.sds --method METHOD`` over the first --sds-num split shapes, the same shapes
+    and input view for every method (its own per-shape caching); returns name -> {"points": (N, 3)
+    world | None, "mesh": path | None, "record": dict}."""
     count = min(args.sds_num, data.num)
-    cmd = [sys.executable, "-m", "pvd.sds", "--prior", args.sds, "--data", data.path, "--split", data.split,
-           "--num", str(count), "--view", str(data.view), "--seed", str(args.seed), "--out", str(folder),
+    cmd = [sys.executable, "-m", "pvd.sds", "--method", method, "--prior", args.sds, "--data", data.path, "--split",
+           data.split, "--num", str(count), "--view", str(data.view), "--seed", str(args.seed), "--out", str(folder),
            "--device", str(device)]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     if args.sds_set:
         cmd += ["--set", *args.sds_set]
-    print(f"sds: {' '.join(shlex.quote(c) for c in cmd)}", file=sys.stderr, flush=True)
+    if method == "multiview" and getattr(args, "multiview_args", ""):
+        cmd += shlex.split(args.multiview_args)
+    if method == "magic3d" and getattr(args, "refine_set", None):
+        cmd += ["--refine-set", *args.refine_set]
+    print(f"{method}: {' '.join(shlex.quote(c) for c in cmd)}", file=sys.stderr, flush=True)
     done = subprocess.run(cmd, env=subprocess_env())
     if done.returncode == 130:
         raise KeyboardInterrupt
     if done.returncode != 0:
-        raise UserError(f"the SDS baseline failed (exit {done.returncode}; its message is above)")
+        raise UserError(f"the {method} baseline failed (exit {done.returncode}; its message is above)")
     out = {}
     for shape in data.shapes[:count]:
         record_path = folder / "records" / f"{shape.name}.json"
@@ -51,9 +57,9 @@ def run_sds(args: argparse.Namespace, data: Data, device: torch.device, folder: 
     return out
 
 
-def sds_cost(sds: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The SDS command's per-shape records summarised: latency, prior evaluations, peak memory."""
-    recs = [v["record"] for v in sds.values()]
+def lifting_cost(lifted: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A lifting method's per-shape records summarised: latency, prior evaluations, peak memory."""
+    recs = [v["record"] for v in lifted.values()]
     return {
         "seconds_per_shape_batch1": float(np.median([r["seconds"] for r in recs])),
         "seconds_mean": float(np.mean([r["seconds"] for r in recs])),
@@ -61,7 +67,7 @@ def sds_cost(sds: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "iterations": recs[0].get("iterations"),
         "peak_memory_mb_batch1": float(np.max([r["peak_memory_mb"] for r in recs])),
         "note": "median over the lifted shapes of the optimisation's wall time (mesh extraction and scoring "
-                "excluded), one shape at a time; from the SDS command's records",
+                "excluded; view generation included), one shape at a time; from the lifting command's records",
     }
 
 

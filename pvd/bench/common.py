@@ -22,9 +22,11 @@ EMD_POINTS = 512  # exact EMD (per shape and the distribution metrics) on the fi
 THRESHOLDS = {"1": 0.01, "2": 0.02}  # F-score distances, fractions of the truth's box diagonal
 EXPLODED, COLLAPSED = 2.0, 0.25  # output / truth box-diagonal ratios flagged as failures
 BOOTSTRAP = dict(resamples=10000, seed=0, confidence=0.95)
-METHOD_ORDER = ("pvd", "ablation", "sds", "regressor", "regressor-alone", "retrieval", "retrieval-alone", "oracle",
+LIFTING = ("sds", "multiview", "magic3d")  # lifting methods, all run by python -m pvd.sds --method M
+METHOD_ORDER = ("pvd", "ablation", "sds", "multiview", "magic3d", "regressor", "regressor-alone", "retrieval", "retrieval-alone", "oracle",
                 "truth-resample")
-METHOD_TITLES = {"pvd": "PVD", "ablation": "PVD ablation", "sds": "SDS lifting", "regressor": "regressor (no diffusion)",
+METHOD_TITLES = {"pvd": "PVD", "ablation": "PVD ablation", "sds": "SDS lifting", "multiview": "multi-view reconstruction",
+                 "magic3d": "Magic3D two-stage", "regressor": "regressor (no diffusion)",
                  "regressor-alone": "regressor (trained alone)", "retrieval": "retrieval (PVD's encoder)",
                  "retrieval-alone": "retrieval (encoder trained alone)", "oracle": "oracle retrieval",
                  "truth-resample": "truth resampled"}

@@ -127,14 +127,15 @@ def markdown(result: dict[str, Any]) -> str:
         add("")
     add("## Failure analysis")
     add("")
+    lifting = q.get("lifting_flags") or {}
     add("| method | shapes | empty | exploded | collapsed | no mesh | recall@2% (all) | thin recall@2% |" +
-        (" SDS Janus | SDS floaters |" if "sds_flags" in q else ""))
-    add("|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if "sds_flags" in q else ""))
+        (" Janus | floaters |" if lifting else ""))
+    add("|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if lifting else ""))
     for m, summary in q["methods"].items():
         f = summary["failures"]
         extra = ""
-        if "sds_flags" in q:
-            extra = f" {q['sds_flags']['janus']} |  {q['sds_flags']['floaters']} |" if m == "sds" else " - | - |"
+        if lifting:
+            extra = f" {lifting[m]['janus']} | {lifting[m]['floaters']} |" if m in lifting else " - | - |"
         add(f"| {METHOD_TITLES.get(m, m)} | {summary['shapes']} | {f['empty']} | {f['exploded']} | {f['collapsed']} | "
             f"{f['no_mesh']} | {fmt_ci(summary['mean'].get('r2'), 'r2')} | "
             f"{fmt_ci(summary['mean'].get('thin_r2'), 'thin_r2')} |" + extra)

@@ -20,7 +20,7 @@ import torch
 
 from pvd import __version__
 from pvd.bench.aggregates import differences, distribution, per_category, summarize
-from pvd.bench.baselines import retrieval_baselines, run_sds, sds_cost
+from pvd.bench.baselines import lifting_cost, retrieval_baselines, run_lifting
 from pvd.bench.common import (BOOTSTRAP, METHOD_ORDER, file_identity, finite_mean, machine, stable_seed, write_json,
                               write_text)
 from pvd.bench.data import Data, Shape, load_data
@@ -111,7 +111,7 @@ def chosen_spec(args: argparse.Namespace, single: PVDModel) -> Spec:
                 args.t_start if args.t_start is not None else single.recommended.t_start)
 
 
-def surface_function(method: str, args: argparse.Namespace, data: Data, k: int, sds: dict[str, dict[str, Any]],
+def surface_function(method: str, args: argparse.Namespace, data: Data, k: int, lifted: dict[str, dict[str, dict[str, Any]]],
                      chosen: dict[str, dict[str, int]]) -> Callable[[Shape, np.ndarray | None], Surface | None]:
     """surfaces(shape, pred) for score_method: the surface that ``method`` answers ``shape`` with."""
     def surfaces(shape: Shape, pred: np.ndarray | None) -> Surface | None:
@@ -120,8 +120,9 @@ def surface_function(method: str, args: argparse.Namespace, data: Data, k: int, 
             return stored_surface(args.data, chosen[method][shape.name], data.info.num_train_points, data.has_normals)
         if method == "truth-resample":
             return stored_surface(args.data, shape.row, 0, data.has_normals)
-        if method == "sds":
-            return mesh_surface(None, sds[shape.name]["mesh"], seed) if sds[shape.name]["mesh"] else None
+        if method in lifted:
+            mesh = lifted[method][shape.name]["mesh"]
+            return mesh_surface(None, mesh, seed) if mesh else None
         if pred is None:
             return None
         return mesh_surface(reduce_points(pred, k, stable_seed(args.seed, method, shape.row, "reduce")), None, seed)
@@ -152,8 +153,9 @@ def run_curves(single: PVDModel, curve_specs: dict[str, list[Spec]], data: Data,
 
 
 def quality_record(records: dict[str, dict[str, dict[str, Any]]], single: PVDModel, ablation: PVDModel | None,
-                   sds: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Summaries, per-category means, paired differences, the ablation, worst shapes and SDS flags."""
+                   lifted: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """Summaries, per-category means, paired differences (against PVD, and every lifting method
+    against SDS), the ablation, worst shapes and the lifting methods' failure flags."""
     quality: dict[str, Any] = {"methods": {m: summarize(r) for m, r in records.items()},
                                "per_category": {m: per_category(r) for m, r in records.items()},
                                "differences": differences(records, "pvd")}
@@ -162,10 +164,13 @@ def quality_record(records: dict[str, dict[str, dict[str, Any]]], single: PVDMod
         quality["ablation"] = {"runs": {"pvd": single.summary(), "ablation": ablation.summary()},
                                "train_step": {"pvd": "pvd"}}
     quality["worst"] = {m: [n for n, _ in sorted(r.items(), key=lambda item: -item[1]["cd"])[:5]] for m, r in records.items()}
-    if sds:
-        quality["sds_flags"] = {f: int(sum(bool(v["record"].get(f)) for v in sds.values()))
-                                for f in ("janus", "floaters", "empty")}
-        quality["sds_flags"]["janus_score_mean"] = finite_mean([v["record"].get("janus_score") for v in sds.values()])
+    if "sds" in records:
+        quality["differences"] += [d for d in differences(records, "sds") if d["b"] in lifted]
+    quality["lifting_flags"] = {}
+    for method, shapes in lifted.items():
+        flags = {f: int(sum(bool(v["record"].get(f)) for v in shapes.values())) for f in ("janus", "floaters", "empty")}
+        flags["janus_score_mean"] = finite_mean([v["record"].get("janus_score") for v in shapes.values()])
+        quality["lifting_flags"][method] = flags
     return quality
 
 
@@ -202,7 +207,9 @@ def run_benchmark(args: argparse.Namespace, argv: list[str]) -> int:
         load_prior(args.sds)  # one-line error now rather than after the PVD sampling
 
     settings = {"data": file_identity(args.data), "pvd": single.describe(), "ablation": ablation.describe() if ablation else None,
-                "sds": str(Path(args.sds).resolve()) if args.sds else None, "sds_set": args.sds_set, "split": args.split,
+                "sds": str(Path(args.sds).resolve()) if args.sds else None, "sds_set": args.sds_set,
+                "lifting": list(args.lifting), "multiview_args": args.multiview_args, "refine_set": args.refine_set,
+                "split": args.split,
                 "view": view, "points": k, "seed": args.seed, "batch": args.batch, "sampler": dataclasses.asdict(spec),
                 "retrieval_metric": args.retrieval_metric, "pfid": str(Path(pfid_path).resolve()) if pfid_path else None}
     out.mkdir(parents=True, exist_ok=True)
@@ -219,10 +226,11 @@ def run_benchmark(args: argparse.Namespace, argv: list[str]) -> int:
     if ablation is not None:
         outputs["ablation"] = sample_method(ablation, spec, data, data.num, args.batch, args.seed,
                                             out / "samples" / f"ablation@{spec.label}", "ablation")
-    sds = {}
+    lifted: dict[str, dict[str, dict[str, Any]]] = {}
     if args.sds and args.sds_num > 0:
-        sds = run_sds(args, data, device, out / "sds")
-        outputs["sds"] = {name: v["points"] for name, v in sds.items()}
+        for method in args.lifting:
+            lifted[method] = run_lifting(args, data, device, out / method, method)
+            outputs[method] = {name: v["points"] for name, v in lifted[method].items()}
 
     regressor_cost = None
     if single.has_regressor:
@@ -252,14 +260,14 @@ def run_benchmark(args: argparse.Namespace, argv: list[str]) -> int:
         if method in outputs:
             records[method], clouds[method] = score_method(method, outputs[method], data, k, args.seed,
                                                            out / "metrics" / method,
-                                                           surface_function(method, args, data, k, sds, chosen))
+                                                           surface_function(method, args, data, k, lifted, chosen))
 
     # --- curves (the first --curve-num shapes) ---
     curve_num = min(args.curve_num, data.num)
     curves, curve_cost = run_curves(single, curve_specs, data, curve_num, k, args, out)
 
     # --- aggregates ---
-    quality = quality_record(records, single, ablation, sds)
+    quality = quality_record(records, single, ablation, lifted)
     quality["chosen"] = chosen
     quality["curves"] = curves
     if args.distribution_metrics or classifier is not None:
@@ -271,8 +279,9 @@ def run_benchmark(args: argparse.Namespace, argv: list[str]) -> int:
     cost["methods"]["pvd"] = measure_cost(single, spec, data, args.latency_shapes, args.batches)
     if ablation is not None:
         cost["methods"]["ablation"] = measure_cost(ablation, spec, data, args.latency_shapes, args.batches)
-    if sds:
-        cost["methods"]["sds"] = sds_cost(sds)
+    for method, shapes in lifted.items():
+        cost["methods"][method] = lifting_cost(shapes)
+    if "sds" in lifted:
         cost["latency_ratio_sds_over_pvd"] = (cost["methods"]["sds"]["seconds_per_shape_batch1"] /
                                               cost["methods"]["pvd"]["seconds_per_shape_batch1"])
     if regressor_cost is not None:
@@ -280,8 +289,8 @@ def run_benchmark(args: argparse.Namespace, argv: list[str]) -> int:
     cost["methods"]["retrieval"] = baselines["cost"]
     cost["methods"].update(alone_cost)
     cost["memory_note"] = ("CPU: the resident set of the process at its peak (it includes the loaded models and "
-                           "data, an upper bound on what the method needs); CUDA: the allocator's peak. SDS runs in "
-                           "its own process.")
+                           "data, an upper bound on what the method needs); CUDA: the allocator's peak. Each lifting "
+                           "method runs in its own process.")
     cost["training"] = training_log([args.pvd, args.pvd_ablation, args.sds])
     cost["wall_seconds"] = time.perf_counter() - wall
 
@@ -291,7 +300,7 @@ def run_benchmark(args: argparse.Namespace, argv: list[str]) -> int:
         "command": command,
         "machine": machine(),
         "settings": {**settings, "data": args.data, "data_file": settings["data"], "shapes": data.num,
-                     "sds_shapes": len(sds), "categories": single.trained_categories, "curve_shapes": curve_num},
+                     "sds_shapes": max((len(v) for v in lifted.values()), default=0), "categories": single.trained_categories, "curve_shapes": curve_num},
         "conventions": conventions_record(data, k),
         "quality": quality,
         "cost": cost,
@@ -306,5 +315,6 @@ def run_benchmark(args: argparse.Namespace, argv: list[str]) -> int:
     if curves.get("guidance"):
         figure_curve(curves["guidance"], "guidance", None, out / "guidance.png", "guidance scale", log=False)
     print(f"wrote {out}/results.md, results.json, results.csv and figures "
-          f"({data.num} shapes, {len(sds)} with SDS; {(time.perf_counter() - wall) / 60:.1f} min)")
+          f"({data.num} shapes, {max((len(v) for v in lifted.values()), default=0)} lifted by "
+          f"{', '.join(lifted) or 'no method'}; {(time.perf_counter() - wall) / 60:.1f} min)")
     return 0
