@@ -7,7 +7,7 @@ For each of the first ``--num`` shapes of the split, view 0 is the input and vie
 relative camera (DDIM, ``--steps`` 50, guidance ``--guidance`` 3), and its alpha, thresholded
 at 0.5, is compared with the true target's mask at the prior's resolution. The baseline copies
 the input view (the IoU of the input's mask with the target's). Acceptance: prior IoU >=
-baseline + 0.05. ``--grid PNG`` also saves input | truth | sample rows for the first targets.
+baseline + 0.15. ``--grid PNG`` also saves input | truth | sample rows for the first targets.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pvd.errors import UserError  # noqa: E402
 from pvd.sds.train_prior import read_views  # noqa: E402
 from pvd.sds.view_prior import TrainedViewPrior, sample_views  # noqa: E402
 
-MARGIN = 0.05
+MARGIN = 0.15  # issue 18's bar (it was 0.05 for the first prior)
 
 
 def mask_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
