@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--refine-set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="magic3d: RefineConfig fields of the fine stage, e.g. iterations=300 laplacian_weight=50")
     p.add_argument("--views", type=int, default=None, help="multiview: generated views (default 6)")
-    p.add_argument("--order", choices=M_ORDERS, default=None, help="multiview: generation order (default chain)")
+    p.add_argument("--order", choices=M_ORDERS, default=None, help="multiview: generation order (default independent)")
     p.add_argument("--view-weight", type=float, default=None, help="multiview: a generated view's loss weight (default 0.5)")
     p.add_argument("--steps", type=int, default=None, help="multiview: DDIM steps per view (default 50)")
     p.add_argument("--iterations", type=int, default=None, help="optimisation iterations (default: sds 800, multiview fit 400)")

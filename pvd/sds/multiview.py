@@ -38,7 +38,9 @@ class MultiViewConfig:
     term off; its ``iterations`` are the fitting budget."""
 
     views: int = 6  # K generated views at azimuth steps of 360 / (K + 1) degrees around the input
-    order: str = "chain"  # independent | chain (see the module docstring)
+    # independent | chain (see the module docstring). 20 val shapes: hull consistency 0.717 vs the
+    # chain's 0.704 (paired -0.013 [-0.038, +0.007]) at 4.1 vs 6.6 s per shape: no gain from chaining
+    order: str = "independent"
     steps: int = 50  # DDIM steps per generated view
     guidance: float = 3.0
     view_weight: float = 0.5  # a generated view's RGB + mask loss weight, relative to the input's
