@@ -176,12 +176,12 @@ def distill(prior: ViewPrior | None, image: np.ndarray, camera: Camera, cfg: Dis
     for it in range(cfg.iterations):
         tic = time.perf_counter()
         out = field.render(ref_k, ref_e, cfg.ref_size, cfg.ref_size, num_samples=cfg.num_samples, generator=dev,
-                            normals=use_normals)
+                           normals=use_normals)
         loss = cfg.rgb_weight * (out["rgb"] - ref_rgb).square().mean() + cfg.mask_weight * (out["alpha"] - ref_alpha).square().mean()
         alpha_all, renders = [out["alpha"]], [out]
         if extra_views is not None:
             ex = field.render(ex_k, ex_e, ex_size, ex_size, num_samples=cfg.num_samples, generator=dev,
-                               normals=use_normals)
+                              normals=use_normals)
             renders.append(ex)
             loss = loss + extra_weight * (cfg.rgb_weight * (ex["rgb"] - ex_rgb).square().mean()
                                           + cfg.mask_weight * (ex["alpha"] - ex_alpha).square().mean())
@@ -190,7 +190,7 @@ def distill(prior: ViewPrior | None, image: np.ndarray, camera: Camera, cfg: Dis
             cams = [_novel_camera(camera, cfg, host) for _ in range(cfg.novel_views)]
             ks, es = zip(*(c.tensors(size) for c in cams))
             novel = field.render(torch.cat(ks).to(device), torch.cat(es).to(device), size, size,
-                                  num_samples=cfg.num_samples, generator=dev, normals=use_normals)
+                                 num_samples=cfg.num_samples, generator=dev, normals=use_normals)
             renders.append(novel)
             alpha_all.append(novel["alpha"].flatten(1))
             t_max = cfg.t_max + (cfg.t_max_end - cfg.t_max) * it / max(cfg.iterations - 1, 1)
