@@ -112,7 +112,8 @@ class DistillResult:
     evaluations: int  # prior calls (guided calls count once per image)
 
 
-def _novel_camera(ref: Camera, cfg: DistillConfig, host: torch.Generator) -> Camera:
+def novel_camera(ref: Camera, cfg: DistillConfig, host: torch.Generator) -> Camera:
+    """A random camera on the training views' orbit (cfg's elevation and distance ranges) at any azimuth."""
     u = torch.rand(3, generator=host).tolist()
     lo, hi = cfg.elevation_range
     dlo, dhi = cfg.distance_range
@@ -187,7 +188,7 @@ def distill(prior: ViewPrior | None, image: np.ndarray, camera: Camera, cfg: Dis
                                           + cfg.mask_weight * (ex["alpha"] - ex_alpha).square().mean())
             alpha_all.append(ex["alpha"].flatten(1))
         if use_sds:
-            cams = [_novel_camera(camera, cfg, host) for _ in range(cfg.novel_views)]
+            cams = [novel_camera(camera, cfg, host) for _ in range(cfg.novel_views)]
             ks, es = zip(*(c.tensors(size) for c in cams))
             novel = field.render(torch.cat(ks).to(device), torch.cat(es).to(device), size, size,
                                  num_samples=cfg.num_samples, generator=dev, normals=use_normals)

@@ -140,7 +140,6 @@ class NerfField(nn.Module):
     bound = property(lambda self: self.config.bound)
     voxel_size = property(lambda self: 2.0 * self.config.bound / self.config.resolution)
     cell_depth = VoxelField.cell_depth
-    _raw_for_depth = VoxelField._raw_for_depth
 
     def init_blob(self, radius: float, depth: float) -> None:
         self.blob = (radius, depth)

@@ -23,7 +23,7 @@ import trimesh
 from skimage.measure import marching_cubes
 
 from pvd.sds import soft_raster
-from pvd.sds.distill import (Camera, DistillConfig, DistillResult, _novel_camera, distill, score, score_distillation)
+from pvd.sds.distill import (Camera, DistillConfig, DistillResult, novel_camera, distill, score, score_distillation)
 from pvd.sds.prior import to_prior_image
 from pvd.sds.view_prior import ViewPrior, noise_process
 from pvd.sds.volume import sample_surface_points
@@ -107,7 +107,7 @@ def refine(prior: ViewPrior, image: np.ndarray, camera: Camera, mesh: trimesh.Tr
         out = soft_raster.rasterize(verts, faces, colors_now, ref_k, ref_e, size, size, **soft)
         loss = cfg.rgb_weight * (out["rgb"] - ref_rgb).square().mean() + cfg.mask_weight * (out["alpha"] - ref_alpha).square().mean()
         if cfg.sds_weight > 0:
-            cams = [_novel_camera(camera, cfg, host) for _ in range(cfg.novel_views)]
+            cams = [novel_camera(camera, cfg, host) for _ in range(cfg.novel_views)]
             ks, es = zip(*(c.tensors(size) for c in cams))
             novel = soft_raster.rasterize(verts, faces, colors_now, torch.cat(ks).to(device), torch.cat(es).to(device),
                                           size, size, **soft)

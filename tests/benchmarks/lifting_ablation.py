@@ -18,23 +18,12 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from pvd.metrics.bootstrap import paired_bootstrap_ci  # noqa: E402
-
-
-def matmul_rate() -> float:
-    x = torch.randn(2048, 2048)
-    x @ x
-    tic = time.perf_counter()
-    for _ in range(5):
-        x @ x
-    return 5 * 2 * 2048**3 / (time.perf_counter() - tic) / 1e9
+from val_sweep import matmul_rate  # noqa: E402  (tests/benchmarks/ is the script's folder)
 
 
 def main() -> int:
