@@ -164,3 +164,29 @@ def test_representation_options_are_checked():
     with pytest.raises(ValueError, match="tv_weight"):
         D.distill(None, np.zeros((16, 16, 4), np.uint8), D.Camera(0, 25, 1.4, ((8, 0, 8), (0, 8, 8), (0, 0, 1)), 16),
                   D.DistillConfig(iterations=1, sds_weight=0.0, tv_weight=1.0, representation=Representation(kind="nerf")))
+
+
+@pytest.mark.parametrize("kind", fields.REPRESENTATIONS)
+def test_every_representation_starts_from_an_occupancy_grid(kind):
+    # an off-centre slab: opaque where it is set, the faint fog elsewhere
+    occ = torch.zeros(12, 12, 12, dtype=torch.bool)
+    occ[2:6, 3:9, 4:7] = True
+    f = fields.make_field(CFG, Representation(kind=kind, points=PointsConfig(count=400, scale=0.02, init_opacity=0.9)))
+    f.init_occupancy(occ, 3.0)
+    if kind == "points":  # centres inside the set cells, spread over all of them
+        cell = ((f.centre.detach() + 0.55) / (1.1 / 12)).floor().long()
+        assert occ[cell[:, 0], cell[:, 1], cell[:, 2]].all()
+        assert len({tuple(c) for c in cell.tolist()}) > 0.7 * int(occ.sum())
+        return
+    opacity = f.opacity_grid().detach()
+    assert opacity[occ].min() > 0.9 and opacity[~occ].max() < 0.05, (opacity[occ].min(), opacity[~occ].max())
+    with pytest.raises(ValueError, match="occupancy must be"):
+        f.init_occupancy(torch.zeros(8, 8, 8, dtype=torch.bool), 3.0)
+
+
+def test_a_network_started_from_occupancy_returns_to_the_blob_on_init_blob():
+    nerf, voxel = NerfField(CFG, NerfConfig(levels=(4, 8))), VoxelField(CFG)
+    nerf.init_occupancy(torch.ones(12, 12, 12, dtype=torch.bool), 3.0)
+    nerf.init_blob(0.3, 3.0)
+    voxel.init_blob(0.3, 3.0)
+    torch.testing.assert_close(nerf.opacity_grid(), voxel.opacity_grid().detach(), atol=1e-6, rtol=1e-5)

@@ -52,7 +52,9 @@ from pvd.io import atomic_path, save_points
 from pvd.meshing import save_mesh
 from pvd.runtime import PeakMemory, pick_device
 from pvd.sds.distill import Camera, DistillConfig, render_view, distill, silhouette_symmetry
+from pvd.sds.multiview import INITS as M_INITS
 from pvd.sds.multiview import ORDERS as M_ORDERS
+from pvd.sds.multiview import WEIGHTINGS as M_WEIGHTINGS
 from pvd.sds.fields import REPRESENTATIONS
 from pvd.sds.magic3d import RefineConfig, two_stage
 from pvd.sds.multiview import MultiViewConfig, reconstruct
@@ -85,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--order", choices=M_ORDERS, default=None, help="multiview: generation order (default independent)")
     p.add_argument("--view-weight", type=float, default=None, help="multiview: a generated view's loss weight (default 0.5)")
     p.add_argument("--steps", type=int, default=None, help="multiview: DDIM steps per view (default 50)")
+    p.add_argument("--init", choices=M_INITS, default=None, help="multiview: the fit's start (default hull)")
+    p.add_argument("--hull-slack", type=int, default=None,
+                   help="multiview: generated silhouettes a hull cell may fall outside (default 1)")
+    p.add_argument("--weighting", choices=M_WEIGHTINGS, default=None,
+                   help="multiview: generated views' weights (default agreement with the visual hull)")
     p.add_argument("--iterations", type=int, default=None, help="optimisation iterations (default: sds 800, multiview fit 400)")
     p.add_argument("--sds-weight", type=float, default=None, help="0: reference-view losses only (the ablation)")
     p.add_argument("--guidance", type=float, default=None)
@@ -112,9 +119,12 @@ def make_config(args) -> DistillConfig:
     return cfg
 
 
+MULTIVIEW_OPTIONS = ("views", "order", "view_weight", "steps", "init", "hull_slack", "weighting")
+
+
 def make_multiview_config(args, fit: DistillConfig) -> MultiViewConfig:
     cfg = MultiViewConfig(fit=dataclasses.replace(fit, sds_weight=0.0), guidance=fit.guidance, seed=fit.seed)
-    for key in ("views", "order", "view_weight", "steps"):
+    for key in MULTIVIEW_OPTIONS:
         if getattr(args, key) is not None:
             setattr(cfg, key, getattr(args, key))
     try:
@@ -225,8 +235,9 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("give either --image FILE ... or --data FILE")
     if args.eval_every and not args.data:
         raise UserError("--eval-every scores against the ground truth: it needs --data")
-    if args.method == "sds" and any(getattr(args, k) is not None for k in ("views", "order", "view_weight", "steps")):
-        raise UserError("--views, --order, --view-weight and --steps belong to --method multiview")
+    if args.method != "multiview" and any(getattr(args, k) is not None for k in MULTIVIEW_OPTIONS):
+        raise UserError("--views, --order, --view-weight, --steps, --init, --hull-slack and --weighting belong to "
+                        "--method multiview")
     cfg = make_config(args)
     mv = make_multiview_config(args, cfg) if args.method == "multiview" else None
     if args.refine_set and args.method != "magic3d":
@@ -292,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
                                         ground_truth=job.get("ground_truth"), eval_every=eval_every, device=device)
                 result = generated.fit
                 extra = {"seconds": generated.generate_seconds + result.seconds, "generate_seconds": generated.generate_seconds,
-                         "prior_evaluations": generated.evaluations, "view_consistency": generated.consistency}
+                         "prior_evaluations": generated.evaluations, "view_consistency": generated.consistency,
+                         "view_weights": generated.view_weights}
                 tiles = [_to_uint8(np.asarray(job["image"], np.float32) / 255.0, prior.image_size)]
                 tiles += [_to_uint8(((v + 1) / 2).clamp(0, 1).permute(1, 2, 0).numpy(), prior.image_size)  # RGB on white
                           for v in generated.views]

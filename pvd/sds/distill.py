@@ -26,7 +26,7 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -127,8 +127,8 @@ def _prior_input(rendered: dict[str, Tensor]) -> Tensor:
 
 
 def distill(prior: ViewPrior | None, image: np.ndarray, camera: Camera, cfg: DistillConfig, *,
-            extra_views: tuple[Tensor, list[Camera]] | None = None, extra_weight: float = 1.0,
-            ground_truth: np.ndarray | None = None, eval_every: int = 0,
+            extra_views: tuple[Tensor, list[Camera]] | None = None, extra_weight: float | Sequence[float] = 1.0,
+            init_occupancy: Tensor | None = None, ground_truth: np.ndarray | None = None, eval_every: int = 0,
             progress: Callable[[int, int], None] | None = None,
             strip: Callable[[int, RadianceField], None] | None = None, device: torch.device | str = "cpu") -> DistillResult:
     """Optimise a voxel field for one input view.
@@ -137,7 +137,10 @@ def distill(prior: ViewPrior | None, image: np.ndarray, camera: Camera, cfg: Dis
     image: (H, W, 4) uint8 RGBA input view (alpha = object mask). camera: its camera.
     extra_views: more reference views, (K, 4, S, S) images in [-1, 1] (the prior's format) and
     their K cameras, fitted at S x S beside the input with ``extra_weight`` times its RGB and mask
-    weights (multi-view reconstruction fits generated views this way, with sds_weight 0).
+    weights (multi-view reconstruction fits generated views this way, with sds_weight 0); one
+    weight for all of them or K, one per view.
+    init_occupancy: (R, R, R) bool over the field's grid (R = cfg.field.resolution) to start from
+    instead of the density blob (:meth:`RadianceField.init_occupancy`; e.g. a visual hull).
     ground_truth: (M, 3) world-frame points; with ``eval_every`` > 0 the history records CD and
     F-score every ``eval_every`` iterations (for the quality curve).
     device: where the field, the prior's inputs and every draw made for them live.
@@ -152,7 +155,10 @@ def distill(prior: ViewPrior | None, image: np.ndarray, camera: Camera, cfg: Dis
     dev = torch.Generator(device).manual_seed(cfg.seed + 1)
     torch.manual_seed(cfg.seed)
     field = make_field(cfg.field, cfg.representation).to(device)
-    field.init_blob(cfg.blob_radius, cfg.blob_depth)
+    if init_occupancy is None:
+        field.init_blob(cfg.blob_radius, cfg.blob_depth)
+    else:
+        field.init_occupancy(torch.as_tensor(init_occupancy, dtype=torch.bool), cfg.blob_depth)
     opt = torch.optim.Adam(field.parameters(), lr=cfg.lr)
 
     ref_k, ref_e = (x.to(device) for x in camera.tensors(cfg.ref_size))
@@ -167,6 +173,7 @@ def distill(prior: ViewPrior | None, image: np.ndarray, camera: Camera, cfg: Dis
         ks, es = zip(*(c.tensors(ex_size) for c in ex_cameras))
         ex_k, ex_e = torch.cat(ks).to(device), torch.cat(es).to(device)
         ex_rgb, ex_alpha = ((ex_images[:, :3].to(device).float() + 1) / 2), ((ex_images[:, 3:].to(device).float() + 1) / 2)
+        ex_weight = torch.as_tensor(extra_weight, dtype=torch.float32).to(device).expand(len(ex_cameras))
     use_sds = cfg.sds_weight > 0
     use_normals = cfg.orientation_weight > 0 or cfg.normal_smooth_weight > 0
     if use_sds:
@@ -184,8 +191,9 @@ def distill(prior: ViewPrior | None, image: np.ndarray, camera: Camera, cfg: Dis
             ex = field.render(ex_k, ex_e, ex_size, ex_size, num_samples=cfg.num_samples, generator=dev,
                               normals=use_normals)
             renders.append(ex)
-            loss = loss + extra_weight * (cfg.rgb_weight * (ex["rgb"] - ex_rgb).square().mean()
-                                          + cfg.mask_weight * (ex["alpha"] - ex_alpha).square().mean())
+            per_view = (cfg.rgb_weight * (ex["rgb"] - ex_rgb).square().mean((1, 2, 3))
+                        + cfg.mask_weight * (ex["alpha"] - ex_alpha).square().mean((1, 2, 3)))
+            loss = loss + (ex_weight * per_view).mean()
             alpha_all.append(ex["alpha"].flatten(1))
         if use_sds:
             cams = [novel_camera(camera, cfg, host) for _ in range(cfg.novel_views)]

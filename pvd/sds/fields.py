@@ -53,6 +53,11 @@ class RadianceField(Protocol):
         """Start as the density blob of :func:`pvd.sds.volume.blob_raw`."""
         ...
 
+    def init_occupancy(self, occupancy: Tensor, depth: float) -> None:
+        """Start opaque (optical depth ``depth`` per cell) in the cells where ``occupancy``
+        ((R, R, R) bool over the FieldConfig grid) is set and as the faint fog elsewhere."""
+        ...
+
 
 @dataclass
 class NerfConfig:
@@ -136,13 +141,19 @@ class NerfField(nn.Module):
         nn.init.zeros_(self.mlp[-1].weight)
         nn.init.zeros_(self.mlp[-1].bias)
         self.blob = (0.0, 1.0)  # (radius, depth): none until init_blob
+        self.register_buffer("start_raw", None)  # (1, 1, R, R, R) fixed raw density: init_occupancy's start
 
     bound = property(lambda self: self.config.bound)
     voxel_size = property(lambda self: 2.0 * self.config.bound / self.config.resolution)
     cell_depth = VoxelField.cell_depth
 
     def init_blob(self, radius: float, depth: float) -> None:
-        self.blob = (radius, depth)
+        self.blob, self.start_raw = (radius, depth), None
+
+    def init_occupancy(self, occupancy: Tensor, depth: float) -> None:
+        """The occupancy as a fixed raw grid, trilinearly interpolated and added as the blob is."""
+        self.blob = (0.0, 1.0)
+        self.start_raw = volume.occupancy_raw(self, occupancy, depth).to(self.density)[None, None]
 
     def _encode(self, p: Tensor) -> Tensor:
         x = p / self.config.bound  # [-1, 1] inside the cube
@@ -158,8 +169,11 @@ class NerfField(nn.Module):
     def _raw(self, p: Tensor) -> tuple[Tensor, Tensor]:
         out = self.mlp(self._encode(p))
         radius, depth = self.blob
-        blob = blob_raw(self, p, radius, depth) if radius > 0 else 0.0
-        return out[:, 0] + blob, out[:, 1:]
+        start = blob_raw(self, p, radius, depth) if radius > 0 else 0.0
+        if self.start_raw is not None:
+            grid = (p / self.config.bound).flip(-1).view(1, -1, 1, 1, 3)
+            start = F.grid_sample(self.start_raw, grid, mode="bilinear", padding_mode="border", align_corners=False).view(-1)
+        return out[:, 0] + start, out[:, 1:]
 
     def query(self, points: Tensor, normals: bool = False) -> tuple[Tensor, ...]:
         """As :meth:`VoxelField.query`; normals are -grad(raw density) by autograd (kept in the
@@ -229,6 +243,19 @@ class GaussianPoints(nn.Module):
         r = radius * torch.rand(n, 1, generator=g) ** (1 / 3)
         with torch.no_grad():
             self.centre.copy_((direction * r * 0.8).to(self.centre))  # inside the surface of the voxel blob
+
+    def init_occupancy(self, occupancy: Tensor, depth: float) -> None:
+        """Centres uniform in the occupied cells (a fixed draw); ``depth`` is unused (the points
+        keep their initial opacity)."""
+        occupancy = torch.as_tensor(occupancy, dtype=torch.bool)
+        cells = cell_centres(occupancy.shape[0], self.bound)[occupancy]  # (M, 3)
+        if not len(cells):
+            raise ValueError("init_occupancy needs at least one occupied cell")
+        g = torch.Generator().manual_seed(0)
+        pick = torch.randint(len(cells), (self.points.count,), generator=g)
+        jitter = (torch.rand(self.points.count, 3, generator=g) - 0.5) * (2 * self.bound / occupancy.shape[0])
+        with torch.no_grad():
+            self.centre.copy_((cells[pick] + jitter).to(self.centre))
 
     def render(self, intrinsics: Tensor, extrinsics: Tensor, height: int, width: int, *, num_samples: int = 64,
                generator: torch.Generator | None = None, normals: bool = False, background: float = 1.0) -> dict[str, Tensor]:

@@ -30,6 +30,8 @@ from pvd.sds.prior import to_prior_image
 from pvd.sds.view_prior import ViewPrior, sample_views
 
 ORDERS = ("independent", "chain")
+INITS = ("hull", "blob")
+WEIGHTINGS = ("uniform", "agreement")
 
 
 @dataclass
@@ -44,14 +46,23 @@ class MultiViewConfig:
     steps: int = 50  # DDIM steps per generated view
     guidance: float = 3.0
     view_weight: float = 0.5  # a generated view's RGB + mask loss weight, relative to the input's
+    # the fit's start: "hull", the visual hull of the input's and the generated silhouettes
+    # (a cell may lie outside hull_slack of the generated ones), or "blob", SDS's density ball
+    init: str = "hull"
+    hull_slack: int = 1
+    # "agreement": each generated view's weight is view_weight times its silhouette's IoU with
+    # the strict visual hull's (a view that contradicts the others counts less); "uniform"
+    weighting: str = "agreement"
     fit: DistillConfig = dataclasses.field(default_factory=lambda: DistillConfig(iterations=400, sds_weight=0.0))
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.order not in ORDERS:
-            raise ValueError(f"order must be one of {', '.join(ORDERS)}, got {self.order!r}")
-        if self.views < 1 or self.steps < 1 or self.view_weight < 0:
-            raise ValueError("views and steps must be at least 1 and view_weight non-negative")
+        for name, value, allowed in (("order", self.order, ORDERS), ("init", self.init, INITS),
+                                     ("weighting", self.weighting, WEIGHTINGS)):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        if self.views < 1 or self.steps < 1 or self.view_weight < 0 or self.hull_slack < 0:
+            raise ValueError("views and steps must be at least 1, view_weight and hull_slack non-negative")
 
 
 @dataclass
@@ -60,6 +71,7 @@ class MultiViewResult:
     views: Tensor  # (K, 4, S, S) generated views in [-1, 1]
     cameras: list[Camera]  # their K cameras
     consistency: float  # hull_consistency of the input's and the generated silhouettes
+    view_weights: list[float]  # each generated view's loss weight in the fit
     generate_seconds: float
     evaluations: int  # prior calls (a guided call counts once per image)
 
@@ -99,38 +111,64 @@ def generate_views(prior: ViewPrior, image: np.ndarray, camera: Camera, cfg: Mul
     return torch.cat(known_views[1:]), targets
 
 
-def hull_consistency(masks: np.ndarray, cameras: list[Camera], *, resolution: int = 64, bound: float = 0.55) -> float:
-    """How well silhouettes agree with one 3D shape, without knowing it: in [0, 1], 1 when they do.
+def visual_hull(masks: np.ndarray, cameras: list[Camera], *, resolution: int = 64, bound: float = 0.55,
+                slack: int = 0) -> np.ndarray:
+    """(R, R, R) bool, indexed [x, y, z]: the cells of a ``resolution``^3 grid over
+    [-bound, bound]^3 whose centres project inside the silhouettes.
 
     masks: (V, S, S) bool silhouettes seen by ``cameras`` (V of them, intrinsics for their own
-    image size, scaled to S). The visual hull is the set of cells of a ``resolution``^3 grid over
-    [-bound, bound]^3 whose centres project inside every silhouette; the score is the mean over
-    views of the IoU between the hull's rendered silhouette and the view's own. Silhouettes of
-    one shape keep a hull that fills each of them (IoU near 1, less only by the grid's
-    resolution); silhouettes that contradict each other carve away what some of them show.
+    image size, scaled to S); the first is the input's. ``slack``: a cell may fall outside up to
+    this many of the other V - 1 silhouettes (never outside the first): generated views that
+    contradict each other then carve only what most of them agree is empty.
     """
     masks = np.asarray(masks, bool)
     v, s = masks.shape[0], masks.shape[-1]
     if masks.ndim != 3 or masks.shape[1] != s or len(cameras) != v:
-        raise ValueError(f"hull_consistency needs (V, S, S) masks and V cameras, got {masks.shape} and {len(cameras)}")
+        raise ValueError(f"the visual hull needs (V, S, S) masks and V cameras, got {masks.shape} and {len(cameras)}")
     centres = (np.arange(resolution) + 0.5) * (2 * bound / resolution) - bound
     grid = np.stack(np.meshgrid(centres, centres, centres, indexing="ij"), -1).reshape(-1, 3)
-    inside = np.ones(len(grid), bool)
-    tensors = [c.tensors(s) for c in cameras]
-    for mask, (k, e) in zip(masks, tensors):
+    misses = np.zeros(len(grid), np.int64)
+    first = np.ones(len(grid), bool)
+    for i, (mask, cam) in enumerate(zip(masks, cameras)):
+        k, e = cam.tensors(s)
         uv, depth = project(grid, k[0].double().numpy(), e[0].double().numpy())
         col, row = np.floor(uv[:, 0]).astype(np.int64), np.floor(uv[:, 1]).astype(np.int64)
         seen = (depth > 0) & (col >= 0) & (col < s) & (row >= 0) & (row < s)
-        inside &= seen & mask[row.clip(0, s - 1), col.clip(0, s - 1)]
-    hull = volume.VoxelField.from_occupancy(inside.reshape(resolution, resolution, resolution), bound)
+        inside = seen & mask[row.clip(0, s - 1), col.clip(0, s - 1)]
+        if i == 0:
+            first = inside
+        else:
+            misses += ~inside
+    return (first & (misses <= slack)).reshape(resolution, resolution, resolution)
+
+
+def silhouette_agreement(hull: np.ndarray, masks: np.ndarray, cameras: list[Camera], *, bound: float = 0.55) -> np.ndarray:
+    """(V,) IoU between each silhouette (V, S, S) bool and the rendered silhouette of ``hull``
+    ((R, R, R) bool over [-bound, bound]^3) from its camera; 1 where both are empty."""
+    s = masks.shape[-1]
+    field = volume.VoxelField.from_occupancy(hull, bound)
     ious = []
-    for mask, (k, e) in zip(masks, tensors):
+    for mask, cam in zip(np.asarray(masks, bool), cameras):
+        k, e = cam.tensors(s)
         with torch.no_grad():
-            alpha = volume.render(hull, k, e, s, s, num_samples=2 * resolution)["alpha"][0, 0].numpy()
+            alpha = volume.render(field, k, e, s, s, num_samples=2 * hull.shape[0])["alpha"][0, 0].numpy()
         rendered = alpha > 0.5
         union = (rendered | mask).sum()
         ious.append((rendered & mask).sum() / union if union else 1.0)
-    return float(np.mean(ious))
+    return np.asarray(ious, np.float64)
+
+
+def hull_consistency(masks: np.ndarray, cameras: list[Camera], *, resolution: int = 64, bound: float = 0.55) -> float:
+    """How well silhouettes agree with one 3D shape, without knowing it: in [0, 1], 1 when they do.
+
+    masks: (V, S, S) bool silhouettes seen by ``cameras``. The score is the mean over views of
+    :func:`silhouette_agreement` with their strict :func:`visual_hull` (every silhouette
+    carves). Silhouettes of one shape keep a hull that fills each of them (IoU near 1, less only
+    by the grid's resolution); silhouettes that contradict each other carve away what some of
+    them show.
+    """
+    hull = visual_hull(masks, cameras, resolution=resolution, bound=bound)
+    return float(silhouette_agreement(hull, masks, cameras, bound=bound).mean())
 
 
 def reconstruct(prior: ViewPrior, image: np.ndarray, camera: Camera, cfg: MultiViewConfig, *,
@@ -143,8 +181,17 @@ def reconstruct(prior: ViewPrior, image: np.ndarray, camera: Camera, cfg: MultiV
     generate_seconds = time.perf_counter() - tic
     size = prior.image_size
     silhouettes = np.concatenate([to_prior_image(image[None], size)[:, 3].numpy() > 0, views[:, 3].cpu().numpy() > 0])
-    consistency = hull_consistency(silhouettes, [camera, *cameras])
+    all_cameras = [camera, *cameras]
+    agreement = silhouette_agreement(visual_hull(silhouettes, all_cameras), silhouettes, all_cameras)
+    weights = cfg.view_weight * (agreement[1:] if cfg.weighting == "agreement" else np.ones(len(cameras)))
+    start = None
+    if cfg.init == "hull":
+        grid = cfg.fit.field
+        start = visual_hull(silhouettes, all_cameras, resolution=grid.resolution, bound=grid.bound, slack=cfg.hull_slack)
+        start = torch.from_numpy(start) if start.any() else None  # nothing left to start from: the blob
     fit = distill(None, image, camera, dataclasses.replace(cfg.fit, sds_weight=0.0), extra_views=(views, cameras),
-                  extra_weight=cfg.view_weight, ground_truth=ground_truth, eval_every=eval_every, device=device)
-    return MultiViewResult(fit=fit, views=views.cpu(), cameras=cameras, consistency=consistency,
-                           generate_seconds=generate_seconds, evaluations=cfg.views * cfg.steps)
+                  extra_weight=weights.tolist(), init_occupancy=start, ground_truth=ground_truth,
+                  eval_every=eval_every, device=device)
+    return MultiViewResult(fit=fit, views=views.cpu(), cameras=cameras, consistency=float(agreement.mean()),
+                           view_weights=weights.tolist(), generate_seconds=generate_seconds,
+                           evaluations=cfg.views * cfg.steps)

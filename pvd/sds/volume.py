@@ -139,6 +139,10 @@ class VoxelField(nn.Module):
             self.density.copy_(blob_raw(self, cell_centres(self.config.resolution, self.bound).view(-1, 3), radius, depth)
                                .view(1, 1, *self.density.shape[2:]).to(self.density))
 
+    def init_occupancy(self, occupancy: Tensor, depth: float) -> None:
+        """Opaque (``depth`` per cell) where ``occupancy`` (R, R, R) bool is set, the fog elsewhere."""
+        with torch.no_grad():
+            self.density.copy_(occupancy_raw(self, occupancy, depth).to(self.density)[None, None])
 
     @classmethod
     def from_occupancy(cls, occupancy: Any, bound: float, *, level: float = 0.2, empty_depth: float = 1e-4,
@@ -186,6 +190,17 @@ def blob_raw(field: VoxelField, points: Tensor, radius: float, depth: float) -> 
     d = (depth * (1 - points.norm(dim=-1) / radius)).clamp(min=1e-4)
     x = torch.log(torch.expm1(d)) if field.config.density_activation == "softplus" else torch.log(d)
     return (x - field.config.density_bias).clamp(min=0.0)
+
+
+def occupancy_raw(field, occupancy: Tensor, depth: float) -> Tensor:
+    """(R, R, R) raw density: ``depth`` optical depth per cell where ``occupancy`` ((R, R, R) bool
+    over the field's grid) is set, raw 0 (the faint fog) elsewhere."""
+    r = field.config.resolution
+    if tuple(occupancy.shape) != (r, r, r):
+        raise ValueError(f"occupancy must be ({r}, {r}, {r}) for this field, got {tuple(occupancy.shape)}")
+    x = math.log(math.expm1(depth)) if field.config.density_activation == "softplus" else math.log(depth)
+    return torch.where(torch.as_tensor(occupancy, dtype=torch.bool), x - field.config.density_bias, 0.0)
+
 
 def scale_intrinsics(intrinsics: Tensor, factor: float) -> Tensor:
     """Intrinsics (..., 3, 3) for an image resized by ``factor`` (e.g. 0.5: 64x64 -> 32x32).

@@ -5,8 +5,9 @@ normal terms (or any other configurations), the same shapes and input view, one 
         --config voxel: --config voxel+normals:orientation_weight=1,normal_smooth_weight=1 \\
         --config nerf:representation.kind=nerf --config points:representation.kind=points
 
-Each ``--config NAME:KEY=VALUE,...`` (DistillConfig overrides; ``--method M`` after a ``|``, e.g.
-``mv:|multiview``) runs ``python -m pvd.sds`` into OUT/NAME (finished shapes are skipped on a
+Each ``--config NAME:KEY=VALUE,...`` (DistillConfig overrides; after a ``|`` the method and any
+other ``python -m pvd.sds`` options, e.g. ``mv:|multiview --init blob`` or ``old:|sds --prior
+runs/prior-v1``, the last --prior winning) runs ``python -m pvd.sds`` into OUT/NAME (finished shapes are skipped on a
 rerun) and the table gives per configuration: mean CD (x10^-3) and F@1% with their paired
 difference to the first configuration (95% bootstrap), seconds and prior evaluations per shape,
 peak memory, and the failure flags. Prints the machine's fp32 matmul rate beside the times.
@@ -41,10 +42,11 @@ def main() -> int:
     rows = []
     for spec in args.config:
         name, _, rest = spec.partition(":")
-        overrides, _, method = rest.partition("|")
-        cmd = [sys.executable, "-m", "pvd.sds", "--method", method or "sds", "--prior", args.prior, "--data", args.data,
+        overrides, _, tail = rest.partition("|")
+        method, *extra = tail.split() or ["sds"]
+        cmd = [sys.executable, "-m", "pvd.sds", "--method", method, "--prior", args.prior, "--data", args.data,
                "--split", args.split, "--num", str(args.num), "--view", str(args.view), "--threads", str(args.threads),
-               "--out", str(Path(args.out) / name)]
+               "--out", str(Path(args.out) / name), *extra]
         if overrides:
             cmd += ["--set", *overrides.split(",")]
         print(" ".join(cmd), flush=True)
