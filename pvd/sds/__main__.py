@@ -17,8 +17,9 @@ Per shape NAME: NAME.ply / NAME.npy (points sampled on the mesh, world frame, li
 NAME.obj (the marching-cubes mesh), NAME.density.npy (the density grid), NAME.png (input |
 front | side | back renderings), with --strip NAME.strip.png (views during the optimisation),
 with --method multiview NAME.views.png (the generated views, input first) and the views'
-consistency score in the record, with --method magic3d the refined mesh and points (the coarse
-stage's scores in the record as coarse_cd / coarse_f1),
+consistency score and weights in the record, with --method magic3d the refined mesh and points
+(the coarse stage's scores in the record as coarse_cd / coarse_f1, those of the mesh the fine
+stage starts from, pooled and cleaned, as mesh_start_cd / mesh_start_f1),
 and records/NAME.json (wall time, peak memory, prior evaluations, failure flags and, over a
 dataset, Chamfer distance and F-score to the ground truth). A rerun into the same folder
 skips shapes whose record exists. summary.json holds every record and the means; with
@@ -293,7 +294,9 @@ def main(argv: list[str] | None = None) -> int:
                 result = dataclasses.replace(two.coarse, mesh=two.mesh, points=two.points,
                                              history=two.coarse.history + two.history)
                 extra = {"seconds": two.seconds, "prior_evaluations": two.evaluations, "coarse_cd": coarse.get("cd"),
-                         "coarse_f1": coarse.get("f1"), "coarse_seconds": two.coarse.seconds}
+                         "coarse_f1": coarse.get("f1"), "coarse_seconds": two.coarse.seconds,
+                         "mesh_start_cd": two.history[0]["cd"] if two.history else None,
+                         "mesh_start_f1": two.history[0]["f1"] if two.history else None}
             elif mv is None:
                 result = distill(prior, np.asarray(job["image"]), job["camera"], cfg, ground_truth=job.get("ground_truth"),
                                  eval_every=eval_every, strip=strip, device=device)

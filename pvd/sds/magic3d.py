@@ -53,7 +53,7 @@ class TwoStageResult:
     coarse: DistillResult
     mesh: trimesh.Trimesh | None  # the refined mesh, None when the coarse stage found no surface
     points: np.ndarray | None  # (num_points, 3) on the refined mesh
-    history: list[dict[str, float]]  # the fine stage's scores (iteration, seconds, cd, f1)
+    history: list[dict[str, float]]  # the fine stage's scores (iteration, seconds, cd, f1): its start mesh (0) and end
     seconds: float  # both stages
     evaluations: int  # prior calls in both stages
 
@@ -101,6 +101,9 @@ def refine(prior: ViewPrior, image: np.ndarray, camera: Camera, mesh: trimesh.Tr
     cond_view = ref.expand(cfg.novel_views, -1, -1, -1)
     soft = dict(sigma=rcfg.sigma, gamma=rcfg.gamma)
     seconds, evaluations, history = 0.0, 0, []
+    if ground_truth is not None:  # the mesh it starts from (pooled, largest piece): what the fine stage itself changes
+        history.append({"iteration": 0, "seconds": 0.0,
+                        **score(sample_surface_points(mesh, cfg.num_points, seed=cfg.seed), ground_truth)})
     for it in range(rcfg.iterations):
         tic = time.perf_counter()
         verts, colors_now = v0 + offsets, torch.sigmoid(logits)
