@@ -12,15 +12,14 @@ Every cloud is centred and scaled to the unit sphere before the classifier sees 
 features do not depend on the frame the samples were saved in (nor on their overall scale).
 The classifier is saved as ``weights.pt`` (a ``state_dict``, loaded with
 ``torch.load(weights_only=True)``) and ``config.json`` (architecture, classes, dataset,
-training summary and the weights' SHA-256), each written to a temporary name and renamed.
+training summary and the weights' SHA-256), each written to a temporary name and renamed
+(:mod:`pvd.model_folder`); the two distances live in :mod:`pvd.metrics.feature_distance`.
 Values are comparable only between runs that use the same classifier files.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -29,11 +28,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy import linalg
 from torch import nn
 
 from pvd.data.dataset import DatasetConfig, ShapeDataset
 from pvd.errors import UserError, raise_if_interrupted, run_command
+from pvd.metrics.feature_distance import frechet_distance, kernel_distance
+from pvd.model_folder import load_model_folder, save_model_folder
 
 FORMAT = "pvd-pfid-classifier"
 FORMAT_VERSION = 1
@@ -91,67 +91,6 @@ class PointNetClassifier(nn.Module):
         return self.classify(self.features(points))
 
 
-# --- the two distances -----------------------------------------------------------------------
-
-def _as_features(x: Any, name: str) -> np.ndarray:
-    f = np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float64)
-    if f.ndim != 2 or len(f) < 2:
-        raise ValueError(f"{name} must be (count >= 2, dim) features, got {f.shape}")
-    return f
-
-
-def frechet_distance(features_a: Any, features_b: Any) -> float:
-    """Frechet distance between Gaussians fitted to (n, d) and (m, d) features (ddof=1 covariances).
-
-    d^2 = ||mu_a - mu_b||^2 + Tr(S_a) + Tr(S_b) - 2 Tr((S_a S_b)^(1/2)); the trace of the root is
-    taken as the sum of the square roots of the eigenvalues of S_a^(1/2) S_b S_a^(1/2) (symmetric,
-    positive semidefinite), which stays real and stable when the covariances are singular.
-    """
-    a, b = _as_features(features_a, "features_a"), _as_features(features_b, "features_b")
-    if a.shape[1] != b.shape[1]:
-        raise ValueError(f"feature dimensions differ: {a.shape[1]} and {b.shape[1]}")
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
-    values, vectors = linalg.eigh(cov_a)
-    root_a = (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
-    middle = root_a @ cov_b @ root_a
-    trace_root = np.sqrt(np.clip(linalg.eigvalsh((middle + middle.T) / 2), 0, None)).sum()
-    value = float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * trace_root)
-    return max(value, 0.0)
-
-
-def _unbiased_mmd2(x: np.ndarray, y: np.ndarray) -> float:
-    d = x.shape[1]
-    kxx = (x @ x.T / d + 1) ** 3
-    kyy = (y @ y.T / d + 1) ** 3
-    kxy = (x @ y.T / d + 1) ** 3
-    n, m = len(x), len(y)
-    return float((kxx.sum() - np.trace(kxx)) / (n * (n - 1)) + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
-                 - 2 * kxy.mean())
-
-
-def kernel_distance(features_a: Any, features_b: Any, num_subsets: int = 100, subset_size: int = 1000,
-                    seed: int = 0) -> float:
-    """Kernel inception distance: unbiased MMD^2 with k(x, y) = (x.y / d + 1)^3 (Binkowski et al. 2018).
-
-    Unbiased, so it is negative about half the time when the two sets come from one distribution,
-    and noisy on small sets (20 vs 20 chairs of the built-in data: -0.39, bootstrap spread 0.9);
-    compare values computed on sets of the same sizes.
-
-    With at most ``subset_size`` features per side the estimate uses all of them; otherwise it
-    is the mean over ``num_subsets`` random subsets of that size (seeded).
-    """
-    a, b = _as_features(features_a, "features_a"), _as_features(features_b, "features_b")
-    if a.shape[1] != b.shape[1]:
-        raise ValueError(f"feature dimensions differ: {a.shape[1]} and {b.shape[1]}")
-    if len(a) <= subset_size and len(b) <= subset_size:
-        return _unbiased_mmd2(a, b)
-    rng = np.random.default_rng(seed)
-    size = min(subset_size, len(a), len(b))
-    return float(np.mean([_unbiased_mmd2(a[rng.choice(len(a), size, replace=False)],
-                                         b[rng.choice(len(b), size, replace=False)]) for _ in range(num_subsets)]))
-
-
 # --- the classifier on disk ------------------------------------------------------------------
 
 @dataclass
@@ -173,54 +112,20 @@ class Classifier:
         return torch.cat([self.model.features(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]).double().numpy()
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def save_classifier(model: PointNetClassifier, record: dict[str, Any], out: str | os.PathLike) -> None:
-    """Write ``out/weights.pt`` then ``out/config.json`` (with the weights' hash), each atomically."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    weights, config = out / "weights.pt", out / "config.json"
-    partial = out / f"weights.pt.partial-{os.getpid()}"
-    try:
-        torch.save(model.state_dict(), partial)
-        os.replace(partial, weights)
-    finally:
-        partial.unlink(missing_ok=True)
-    record = dict(record, weights_sha256=_sha256(weights))
-    partial = out / f"config.json.partial-{os.getpid()}"
-    try:
-        partial.write_text(json.dumps(record, indent=2) + "\n")
-        os.replace(partial, config)
-    finally:
-        partial.unlink(missing_ok=True)
+    """Write the classifier folder (weights.pt, then config.json with the weights' hash), atomically."""
+    save_model_folder(model.state_dict(), record, out)
 
 
 def load_classifier(path: str | os.PathLike) -> Classifier:
     """Load a classifier folder written by :func:`save_classifier` (one-line UserError if unusable)."""
-    path = Path(path)
-    config_path, weights_path = path / "config.json", path / "weights.pt"
-    if not config_path.is_file() or not weights_path.is_file():
-        raise UserError(f"{path} is not a P-FID classifier folder (it needs config.json and weights.pt; "
-                        f"train one with: python -m pvd.pfid train --data DATA --out {path})")
-    try:
-        record = json.loads(config_path.read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"{config_path} is unreadable ({e})") from None
-    if record.get("format") != FORMAT or record.get("format_version") != FORMAT_VERSION:
-        raise UserError(f"{config_path} is not a {FORMAT} v{FORMAT_VERSION} record")
-    if _sha256(weights_path) != record.get("weights_sha256"):
-        raise UserError(f"{weights_path} does not match {config_path} (interrupted or mixed save?); train again")
+    state, record = load_model_folder(path, FORMAT, FORMAT_VERSION, "P-FID classifier",
+                                      f"python -m pvd.pfid train --data DATA --out {path}")
     fields = dict(record["classifier"])
     fields["widths"] = tuple(fields["widths"])
     config = ClassifierConfig(**fields)
     model = PointNetClassifier(len(record["classes"]), config.widths, config.feature_dim)
-    model.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
+    model.load_state_dict(state)
     model.eval()
     return Classifier(model, config, record, str(path))
 

@@ -1,4 +1,4 @@
-"""pvd.pfid: the Frechet and kernel distances, the classifier on disk and P-FID's behaviour."""
+"""pvd.pfid and pvd.metrics.feature_distance: the Frechet and kernel distances, the classifier on disk and P-FID's behaviour."""
 
 import json
 
@@ -8,6 +8,7 @@ import torch
 from scipy import linalg
 
 from pvd import pfid
+from pvd.metrics import feature_distance
 from pvd.data.dataset import DatasetConfig, ShapeDataset
 from pvd.data.synthetic.writer import SyntheticConfig, write_synthetic_dataset
 from pvd.errors import UserError
@@ -37,8 +38,8 @@ def test_frechet_distance_one_dimensional_by_hand():
     rng = np.random.default_rng(0)
     a, b = rng.normal(1.0, 2.0, (50, 1)), rng.normal(-0.5, 0.5, (80, 1))
     want = (a.mean() - b.mean()) ** 2 + (a.std(ddof=1) - b.std(ddof=1)) ** 2
-    assert pfid.frechet_distance(a, b) == pytest.approx(want, rel=1e-10)
-    assert pfid.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-10)
+    assert feature_distance.frechet_distance(a, b) == pytest.approx(want, rel=1e-10)
+    assert feature_distance.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-10)
 
 
 def test_frechet_distance_against_scipy_sqrtm():
@@ -47,9 +48,9 @@ def test_frechet_distance_against_scipy_sqrtm():
     b = rng.normal(size=(30, 4)) @ rng.normal(size=(4, 4)) + 0.3
     sa, sb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
     want = ((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(sa + sb - 2 * linalg.sqrtm(sa @ sb).real)
-    assert pfid.frechet_distance(a, b) == pytest.approx(want, rel=1e-8)
+    assert feature_distance.frechet_distance(a, b) == pytest.approx(want, rel=1e-8)
     # singular covariances (fewer samples than dimensions) stay finite and non-negative
-    assert np.isfinite(pfid.frechet_distance(rng.normal(size=(5, 16)), rng.normal(size=(6, 16))))
+    assert np.isfinite(feature_distance.frechet_distance(rng.normal(size=(5, 16)), rng.normal(size=(6, 16))))
 
 
 def test_frechet_distance_diagonal_by_hand():
@@ -57,7 +58,7 @@ def test_frechet_distance_diagonal_by_hand():
     a = np.array([[1.0, 0.0], [-1.0, 0.0], [1.0, 2.0], [-1.0, 2.0]])  # mean (0, 1), var (4/3, 4/3)
     b = np.array([[2.0, 0.0], [-2.0, 0.0], [2.0, 4.0], [-2.0, 4.0]]) + [1.0, 0.0]  # mean (1, 2), var (16/3, 16/3)
     want = (1 + 1) + 2 * (np.sqrt(16 / 3) - np.sqrt(4 / 3)) ** 2
-    assert pfid.frechet_distance(a, b) == pytest.approx(want)
+    assert feature_distance.frechet_distance(a, b) == pytest.approx(want)
 
 
 def test_kernel_distance_against_loops():
@@ -70,11 +71,11 @@ def test_kernel_distance_against_loops():
     xx = sum(k(a[i], a[j]) for i in range(7) for j in range(7) if i != j) / (7 * 6)
     yy = sum(k(b[i], b[j]) for i in range(5) for j in range(5) if i != j) / (5 * 4)
     xy = sum(k(x, y) for x in a for y in b) / 35
-    assert pfid.kernel_distance(a, b) == pytest.approx(xx + yy - 2 * xy)
+    assert feature_distance.kernel_distance(a, b) == pytest.approx(xx + yy - 2 * xy)
     big_a, big_b = rng.normal(size=(300, 3)), rng.normal(size=(300, 3))
-    subsets = pfid.kernel_distance(big_a, big_b, num_subsets=20, subset_size=100, seed=3)
-    assert subsets == pfid.kernel_distance(big_a, big_b, num_subsets=20, subset_size=100, seed=3)
-    assert abs(subsets) < pfid.kernel_distance(big_a, big_b + 1.0, num_subsets=20, subset_size=100) / 10
+    subsets = feature_distance.kernel_distance(big_a, big_b, num_subsets=20, subset_size=100, seed=3)
+    assert subsets == feature_distance.kernel_distance(big_a, big_b, num_subsets=20, subset_size=100, seed=3)
+    assert abs(subsets) < feature_distance.kernel_distance(big_a, big_b + 1.0, num_subsets=20, subset_size=100) / 10
 
 
 # --- the classifier --------------------------------------------------------------------------
