@@ -12,6 +12,7 @@ step's time adds up its attempts, so a slow machine can spread the training over
              the benchmark's "encoder trained alone")
     2. sds : python -m pvd.sds.train_prior data=DATA run_dir=DIR/sds-prior
     3. pfid: python -m pvd.pfid train --data DATA --out DIR/pfid
+    4. evaluator: python -m pvd.semantic train --data DATA --out DIR/evaluator  (the semantic metrics' encoder)
 
 On GPUs, larger runs go through the same command with overrides (untested here: no GPU), e.g.
 ``--pvd-set max_steps=20000 batch_size=64 --prior-set max_steps=20000``; on ShapeNet train the
@@ -21,7 +22,8 @@ train.py image-2048 diffusion.hierarchy=none run_dir=DIR/single-stage``) is trai
 Then the benchmark (per test shape, one fixed input view):
 
     python bench.py --data data/synth.h5 --pvd runs/bench/pvd --regressor runs/bench/pvd/encoder \\
-        --sds runs/bench/sds-prior --pfid runs/bench/pfid --num 50 --sds-num 20 --out outputs/bench
+        --sds runs/bench/sds-prior --pfid runs/bench/pfid --embedder runs/bench/evaluator --num 50 --sds-num 20 \\
+        --out outputs/bench
 
 Methods: ``pvd`` (the run with its recommended sampler: the run's own ``diffusion.sampler`` /
 ``sampling_steps`` / ``guidance_scale`` / ``hierarchy.t_start``, or --sampler/--steps/--guidance/
@@ -126,6 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
                                        "embedding and its cloud become two more rows")
     p.add_argument("--sds", help="the SDS baseline's prior run (python -m pvd.sds.train_prior)")
     p.add_argument("--pfid", help="P-FID classifier folder (python -m pvd.pfid train); default DATA.pfid when it exists")
+    p.add_argument("--embedder", help="semantic metrics' image embedder: an evaluator folder (python -m pvd.semantic "
+                                       "train) or open_clip:MODEL:WEIGHTS_FILE (local); default DATA.evaluator when it "
+                                       "exists, else the semantic metrics are skipped with a notice")
+    p.add_argument("--candidates", type=int, default=32, help="N of R-precision: inputs each render chooses among")
     p.add_argument("--split", default="test")
     p.add_argument("--num", type=int, default=50, help="shapes of the split (first in file order)")
     p.add_argument("--sds-num", type=int, default=20, help="of those, how many SDS lifts (minutes each on a CPU)")
@@ -166,6 +172,10 @@ def check_args(args: argparse.Namespace) -> None:
     for name in ("num", "batch", "curve_num", "latency_shapes"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.candidates < 2:
+        raise UserError("--candidates must be at least 2")
+    if args.embedder and not args.embedder.startswith("open_clip:") and not Path(args.embedder).is_dir():
+        raise UserError(f"--embedder {args.embedder}: no such evaluator folder (python -m pvd.semantic train)")
     if args.sds_num < 0:
         raise UserError("--sds-num must be >= 0")
     if len(set(args.lifting)) != len(args.lifting):
@@ -206,11 +216,13 @@ def build_train_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="data/synth.h5")
     p.add_argument("--out", default="runs/bench")
     p.add_argument("--device", default="auto")
-    p.add_argument("--only", nargs="*", choices=("pvd", "sds", "pfid"), help="train only these")
+    p.add_argument("--only", nargs="*", choices=("pvd", "sds", "pfid", "evaluator"), help="train only these")
     p.add_argument("--pvd-set", nargs="*", default=[], metavar="KEY=VALUE", help="train.py overrides for the PVD model")
     p.add_argument("--prior-set", nargs="*", default=[], metavar="KEY=VALUE", help="pvd.sds.train_prior overrides")
     p.add_argument("--pfid-set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="options of python -m pvd.pfid train (epochs=4 widths=64,128)")
+    p.add_argument("--evaluator-set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="options of python -m pvd.semantic train (steps=1000 seed=7)")
     p.add_argument("--dry-run", action="store_true", help="print the commands only")
     return p
 

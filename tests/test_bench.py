@@ -24,6 +24,7 @@ from pvd.bench import run, training
 from pvd.errors import UserError
 from pvd.pfid import ClassifierConfig, save_classifier, train_classifier
 from pvd.sds import train_prior
+from pvd.semantic.evaluator import EvaluatorConfig, save_evaluator, train_evaluator
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
@@ -46,14 +47,17 @@ def models(pipeline_data, tmp_path_factory):
     model, record = train_classifier(data, ClassifierConfig(widths=(8, 16), feature_dim=8, num_points=64, epochs=1,
                                                             batch_size=4), log=lambda *a: None)
     save_classifier(model, record, root / "pfid")
+    net, record = train_evaluator(data, EvaluatorConfig(widths=(8, 16), embed_dim=8, views_per_shape=2, steps=2,
+                                                        batch_shapes=4), log=lambda *a: None)
+    save_evaluator(net, record, root / "evaluator")
     return {"data": data, "pvd": str(root / "pvd"), "ablation": str(root / "ablation"), "regressor": str(root / "regressor"),
-            "prior": str(root / "prior"), "pfid": str(root / "pfid")}
+            "prior": str(root / "prior"), "pfid": str(root / "pfid"), "evaluator": str(root / "evaluator")}
 
 
 def args(models, out, *extra):
     return ["--data", models["data"], "--pvd", models["pvd"], "--pvd-ablation", models["ablation"],
             "--regressor", models["regressor"],
-            "--sds", models["prior"], "--pfid", models["pfid"], "--out", str(out), "--num", "2", "--sds-num", "1",
+            "--sds", models["prior"], "--pfid", models["pfid"], "--embedder", models["evaluator"], "--out", str(out), "--num", "2", "--sds-num", "1",
             "--sampler", "ddim", "--steps", "2", "--steps-curve", "ddim:1,2", "--guidance-curve", "1,2",
             "--curve-num", "2", "--batch", "2", "--latency-shapes", "1", "--throughput-batches", "1,2", "--workers", "1",
             "--sds-set", "iterations=2", "field.resolution=12", "ref_size=16", "num_samples=8", "num_points=200",
@@ -118,8 +122,15 @@ def test_every_output_is_written_with_finite_consistent_numbers(first):
     assert q["ablation"]["runs"]["pvd"].startswith("tiny, 128 points, hierarchy")
     assert cost["methods"]["pvd"]["seconds_per_shape_batch1"] > 0 and cost["latency_ratio_sds_over_pvd"] > 0
     assert [t["batch"] for t in cost["methods"]["pvd"]["throughput"]] == [1, 2]
+    semantic = q["semantic"]
+    assert set(semantic["methods"]) == set(q["methods"])  # 1 test shape per category: no floor partner here
+    assert semantic["candidates"] == 2 and semantic["conventions"]["embedder"].startswith("evaluator")
+    for method, r in semantic["methods"].items():
+        assert r["shapes"] == q["methods"][method]["shapes"]
+        assert 0 <= r["top1"]["low"] <= r["top1"]["mean"] <= r["top1"]["high"] <= 1
+        assert r["kid"] is None  # the jackknife needs 3 shapes
     md = (first / "results.md").read_text()
-    for heading in ("## Quality", "## Differences", "## Ablation", "## Distribution metrics",
+    for heading in ("## Quality", "## Differences", "## Ablation", "## Distribution metrics", "## Semantic alignment",
                     "## Per category", "## Failure analysis", "## Cost", "## Quality vs sampler steps",
                     "## Quality vs guidance"):
         assert heading in md
@@ -210,9 +221,9 @@ def test_bad_input_is_a_one_line_user_error(models, tmp_path, monkeypatch, chang
 def test_train_mode_lists_every_step(models, tmp_path, capsys):
     assert bench.main(["train", "--data", models["data"], "--out", str(tmp_path / "runs"), "--dry-run"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split(":")[0] for line in lines] == ["pvd", "sds", "pfid"]
+    assert [line.split(":")[0] for line in lines] == ["pvd", "sds", "pfid", "evaluator"]
     assert "train.py image-2048" in lines[0]
-    assert "pvd.sds.train_prior" in lines[1] and "pvd.pfid train" in lines[2]
+    assert "pvd.sds.train_prior" in lines[1] and "pvd.pfid train" in lines[2] and "pvd.semantic train" in lines[3]
     with pytest.raises(UserError, match="no such file"):
         bench.main(["train", "--data", str(tmp_path / "nope.h5"), "--dry-run"])
 
@@ -231,6 +242,7 @@ def test_train_mode_commands_resolve_to_the_intended_configs(models, tmp_path):
     assert prior.run_dir == str(tmp_path / "runs" / "sds-prior") and prior.data == models["data"]
     assert pvd.device == prior.device == "auto"  # resolved by each command on its machine
     assert steps["pfid"][1:4] == ["-m", "pvd.pfid", "train"]
+    assert steps["evaluator"][1:4] == ["-m", "pvd.semantic", "train"] and "--out" in steps["evaluator"]
 
 
 def test_the_device_reaches_the_training_commands_and_the_sds_command(pipeline_data, tmp_path, capsys, monkeypatch):

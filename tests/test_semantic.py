@@ -225,3 +225,38 @@ def test_evaluator_command_refuses_missing_data(tmp_path):
 
     with pytest.raises(UserError, match="no dataset file"):
         main(["train", "--data", str(tmp_path / "missing.h5")])
+
+
+def test_a_subset_keeps_each_shapes_candidates_and_scores():
+    truths, reference = spheres_reference([0.08 + 0.04 * i for i in range(8)], num_candidates=5)
+    full = alignment_scores(CoverageEmbedder(), reference, truths)
+    keep = [1, 4, 6]
+    part_reference = reference.subset(keep)
+    assert (part_reference.candidates == reference.candidates[keep]).all()
+    assert (part_reference.targets == np.array(keep)).all()
+    part = alignment_scores(CoverageEmbedder(), part_reference, [truths[i] for i in keep])
+    assert part["shapes"] == 3 and part["candidates"] == 5
+    # a centred sphere's render does not depend on the draw: the same per-shape scores
+    for key in ("top1", "top5", "category"):
+        assert part["per_shape"][key] == [full["per_shape"][key][i] for i in keep]
+
+
+def test_bench_rows_fill_the_gallery_and_add_the_floor(pipeline_data):
+    """pvd.bench.semantic on a fabricated file: 4 evaluated train shapes plus 2 more as candidates,
+    a method that answered 3 shapes (one of them empty), the ceiling and the floor."""
+    from pvd.bench.data import load_data
+    from pvd.bench.semantic import FLOOR, semantic_quality
+
+    data = load_data(str(pipeline_data), "train", 0, ["chair", "car"], 4, 64)
+    names = [s.name for s in data.shapes[:4]]
+    clouds = {"truth-resample": {s.name: s.resample for s in data.shapes[:4]},
+              "partial": {n: sphere(0.2, seed=i) for i, n in enumerate(names[:3])}}
+    records = {m: {n: {"empty": n == names[2]} for n in c} for m, c in clouds.items()}
+    q = semantic_quality(CoverageEmbedder(), data, clouds, records, seed=0, num_candidates=6)
+    assert q["gallery"] == 6 and q["candidates"] == 6
+    assert set(q["methods"]) == {"truth-resample", "partial", FLOOR}
+    assert q["methods"]["truth-resample"]["shapes"] == 4 and q["methods"]["partial"]["shapes"] == 3
+    assert q["methods"][FLOOR]["shapes"] == 4  # each category has another shape in the gallery
+    for r in q["methods"].values():
+        assert 0 <= r["top1"]["mean"] <= r["top5"]["mean"] <= 1 and r["kid_se"] >= 0
+    assert q["conventions"]["embedder"] == "coverage stub"

@@ -10,6 +10,7 @@ from typing import Any
 from pvd.bench.common import (BOOTSTRAP, COLLAPSED, EMD_POINTS, EXPLODED, FLAGS, MESH_SAMPLES, METHOD_TITLES, METRICS,
                               TABLE_METRICS, minutes)
 from pvd.bench.data import Data
+from pvd.bench.semantic import FLOOR
 from pvd.metrics import (CHAMFER_CONVENTIONS, EMD_CONVENTION, F_SCORE_CONVENTION, IOU_CONVENTION,
                          NORMAL_CONSISTENCY_CONVENTION)
 from pvd.metrics.bootstrap import convention as bootstrap_convention
@@ -114,6 +115,8 @@ def markdown(result: dict[str, Any]) -> str:
                     cells.append(f"{v:.4g}")
             add(f"| {METHOD_TITLES.get(m, m)} | {d['num_samples']} | " + " | ".join(cells) + " |")
         add("")
+    if q.get("semantic"):
+        add(semantic_table(q["semantic"]))
     add("## Per category (means)")
     add("")
     cats = sorted({c for v in q["per_category"].values() for c in v})
@@ -184,6 +187,25 @@ def markdown(result: dict[str, Any]) -> str:
         add("")
     add(f"Wall time of this benchmark run: {cost['wall_seconds'] / 60:.1f} min (cached shapes are not recomputed).")
     return "\n".join(L) + "\n"
+
+
+def semantic_table(semantic: dict[str, Any]) -> str:
+    """The semantic-alignment section: R-precision and render KID per method, ceiling and floor marked."""
+    def pct(ci: dict[str, Any]) -> str:
+        return f"{100 * ci['mean']:.1f} [{100 * ci['low']:.1f}, {100 * ci['high']:.1f}]"
+
+    roles = {"truth-resample": " (ceiling)", FLOOR: " (floor)"}
+    L = [f"## Semantic alignment (held-out views; N = {semantic['candidates']} candidates, "
+         f"embedder `{semantic['conventions']['embedder']}`)", "",
+         "| method | shapes | R-precision top-1 (%) ↑ | top-5 (%) ↑ | category (%) ↑ | render KID ↓ (± SE) | "
+         "render FID (biased extra) |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for m, r in semantic["methods"].items():
+        kid = "-" if r["kid"] is None else f"{r['kid']:.4f} ± {r['kid_se']:.4f}"
+        L.append(f"| {METHOD_TITLES.get(m, m)}{roles.get(m, '')} | {r['shapes']} | {pct(r['top1'])} | {pct(r['top5'])} | "
+                 f"{pct(r['category'])} | {kid} | {num(r.get('fid_extra'), '.3g')} |")
+    L += ["", "R-precision: " + semantic["conventions"]["r_precision"] + ". Render KID: " +
+          semantic["conventions"]["render_kid"] + ". Render FID: " + semantic["conventions"]["render_fid"] + ".", ""]
+    return "\n".join(L)
 
 
 CSV_COLUMNS = ["method", "name", "row", "category", *METRICS, *FLAGS, "points", "extent_ratio"]

@@ -28,6 +28,7 @@ from pvd.bench.figures import figure_curve, figure_grid, figure_worst
 from pvd.bench.model import PVDModel, Spec, chunk_timing, measure_cost, regress, sample_method, shift_scales, to_world
 from pvd.bench.report import conventions_record, csv_text, markdown
 from pvd.bench.scoring import Surface, mesh_surface, reduce_points, score_method, stored_surface
+from pvd.bench.semantic import default_embedder, semantic_quality
 from pvd.bench.training import training_log
 from pvd.errors import UserError
 from pvd.regressor import load_regressor
@@ -201,6 +202,16 @@ def run_benchmark(args: argparse.Namespace, argv: list[str]) -> int:
         from pvd.pfid import load_classifier
 
         classifier = load_classifier(pfid_path)
+    embedder_path = args.embedder or default_embedder(args.data)
+    embedder = None
+    if embedder_path:
+        from pvd.semantic.embedder import load_embedder
+
+        embedder = load_embedder(embedder_path, device)
+    else:
+        print(f"notice: no semantic evaluator (--embedder, or {Path(args.data).with_suffix('.evaluator')}): "
+              "R-precision and render KID are skipped; train one with python -m pvd.semantic train "
+              f"--data {args.data}", flush=True)
     if args.sds:
         from pvd.sds.prior import load_prior
 
@@ -211,7 +222,8 @@ def run_benchmark(args: argparse.Namespace, argv: list[str]) -> int:
                 "lifting": list(args.lifting), "multiview_args": args.multiview_args, "refine_set": args.refine_set,
                 "split": args.split,
                 "view": view, "points": k, "seed": args.seed, "batch": args.batch, "sampler": dataclasses.asdict(spec),
-                "retrieval_metric": args.retrieval_metric, "pfid": str(Path(pfid_path).resolve()) if pfid_path else None}
+                "retrieval_metric": args.retrieval_metric, "pfid": str(Path(pfid_path).resolve()) if pfid_path else None,
+                "embedder": embedder.name if embedder else None, "candidates": args.candidates}
     out.mkdir(parents=True, exist_ok=True)
     check_settings(out, settings)
     command = "python bench.py " + " ".join(shlex.quote(a) for a in argv)
@@ -273,6 +285,8 @@ def run_benchmark(args: argparse.Namespace, argv: list[str]) -> int:
     if args.distribution_metrics or classifier is not None:
         quality["distribution"] = distribution(clouds, data, k, args.distribution_metrics, args.workers, classifier,
                                                out / "cache" / "matrices")
+    if embedder is not None:
+        quality["semantic"] = semantic_quality(embedder, data, clouds, records, args.seed, args.candidates)
 
     # --- cost ---
     cost: dict[str, Any] = {"methods": {}, "curves": curve_cost}

@@ -24,13 +24,14 @@ from pvd import checkpoint
 from pvd.bench.common import ROOT, machine, minutes, subprocess_env, write_json, write_text
 from pvd.errors import UserError
 
-def pfid_options(items: list[str]) -> list[str]:
-    """['epochs=1', 'widths=8,16'] -> ['--epochs', '1', '--widths', '8', '16'] for ``python -m pvd.pfid train``."""
+def cli_options(items: list[str], flag: str = "--pfid-set") -> list[str]:
+    """['epochs=1', 'widths=8,16'] -> ['--epochs', '1', '--widths', '8', '16'] for the argparse commands
+    (``python -m pvd.pfid train``, ``python -m pvd.semantic train``); flag: the option they came from."""
     out = []
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise UserError(f"--pfid-set takes KEY=VALUE, got {item!r}")
+            raise UserError(f"{flag} takes KEY=VALUE, got {item!r}")
         out += ["--" + key.replace("_", "-"), *value.split(",")]
     return out
 
@@ -65,7 +66,9 @@ def train_steps(args: argparse.Namespace) -> list[TrainStep]:
         TrainStep("sds", [py, "-m", "pvd.sds.train_prior", f"data={args.data}", f"run_dir={out / 'sds-prior'}",
                           *dev, *args.prior_set], out / "sds-prior", True),
         TrainStep("pfid", [py, "-m", "pvd.pfid", "train", "--data", args.data, "--out", str(out / "pfid"),
-                           *pfid_options(args.pfid_set)], out / "pfid", False),
+                           *cli_options(args.pfid_set)], out / "pfid", False),
+        TrainStep("evaluator", [py, "-m", "pvd.semantic", "train", "--data", args.data, "--out", str(out / "evaluator"),
+                                *cli_options(args.evaluator_set, "--evaluator-set")], out / "evaluator", False),
     ]
 
 
@@ -116,7 +119,7 @@ def train(args: argparse.Namespace) -> int:
     print(f"trained in {(time.perf_counter() - total) / 60:.1f} min this run; all steps: "
           f"{sum(v['seconds'] for v in log.values()) / 60:.1f} min. Next:\n"
           f"python bench.py --data {args.data} --pvd {out / 'pvd'} --regressor {out / 'pvd' / 'encoder'} "
-          f"--sds {out / 'sds-prior'} --pfid {out / 'pfid'} --num 50 --sds-num 20 --out outputs/bench")
+          f"--sds {out / 'sds-prior'} --pfid {out / 'pfid'} --embedder {out / 'evaluator'} --num 50 --sds-num 20 --out outputs/bench")
     return 0
 
 

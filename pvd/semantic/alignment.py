@@ -15,20 +15,21 @@ Render KID: the unbiased KID between the embeddings of the outputs' renders and 
 truth's renders from the same cameras, with a leave-one-shape-out jackknife standard error
 (:func:`pvd.metrics.feature_distance.kernel_distance_with_error`).
 
-Reference rows on the same shapes: ``ground truth`` (the truth's own renders as the output:
-the ceiling) and ``same-category other`` (each shape answered by the truth of another shape
-of its category in the evaluated set: the floor a category-level guess reaches).
+Reference rows on the same shapes (built by :mod:`pvd.bench.semantic`): the ceiling, another
+sample of the truth (``truth-resample``) as the output; the floor, each shape answered by the
+truth of another shape of its category (what a category-level guess reaches).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from pvd.metrics.bootstrap import bootstrap_mean_ci
-from pvd.metrics.feature_distance import KID_CONVENTION, kernel_distance_with_error
+from pvd.metrics.feature_distance import KID_CONVENTION, frechet_distance, kernel_distance_with_error
 from pvd.semantic.embedder import ImageEmbedder
 from pvd.semantic.views import HELD_OUT_AZIMUTHS, held_out_extrinsics, render_cloud_views
 
@@ -38,7 +39,8 @@ R_PRECISION_CONVENTION = (
     "retrieves among N candidate inputs (the ground truth rendered as points from the input camera: its own and N - 1 "
     "other shapes of the split, fixed per shape) by cosine similarity of the embedder's features; top-1 / top-5: the "
     "share of a shape's renders whose own input ranks first / in the first five; category: the first retrieved "
-    "input shows the same category; 95% bootstrap intervals over shapes")
+    "input shows the same category; 95% bootstrap intervals over shapes. Ceiling: another sample of the truth "
+    "(truth resampled); floor: the truth of another shape of the same category")
 
 
 def rank_of_target(queries: np.ndarray, gallery: np.ndarray, candidates: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -100,6 +102,21 @@ class AlignmentReference:
     def num(self) -> int:
         return len(self.cameras)
 
+    @property
+    def targets(self) -> np.ndarray:
+        """(num,) the gallery row of each evaluated shape (the first of its candidates)."""
+        return self.candidates[:, 0]
+
+    def subset(self, shapes: Sequence[int]) -> AlignmentReference:
+        """The reference restricted to some evaluated shapes (e.g. the ones a lifting method ran
+        on): the same gallery and the same candidates per shape, so that scores stay comparable."""
+        index = np.asarray(shapes, dtype=np.int64).reshape(-1)
+        views = len(HELD_OUT_AZIMUTHS)
+        rows = (index[:, None] * views + np.arange(views)).reshape(-1)
+        return replace(self, intrinsics=[self.intrinsics[i] for i in index], cameras=[self.cameras[i] for i in index],
+                       candidates=self.candidates[index], truth_features=self.truth_features[rows],
+                       groups=np.repeat(np.arange(len(index)), views))
+
 
 def build_reference(embedder: ImageEmbedder, truths: list[np.ndarray], intrinsics: list[np.ndarray],
                     input_extrinsics: list[np.ndarray], categories: list[int], size: int,
@@ -149,16 +166,18 @@ def scores_from_features(features: np.ndarray, reference: AlignmentReference) ->
     """The metrics of :func:`alignment_scores` from the (num * V, D) embeddings of a method's renders."""
     views = len(HELD_OUT_AZIMUTHS)
     num = reference.num
-    target = np.repeat(np.arange(num), views)
+    target = np.repeat(reference.targets, views)
     candidates = np.repeat(reference.candidates, views, axis=0)
     rank = rank_of_target(features, reference.gallery, candidates, target)
     first = best_candidate(features, reference.gallery, candidates)
     same_category = reference.gallery_categories[first] == reference.gallery_categories[target]
     per_shape = {"top1": (rank < 1).reshape(num, views).mean(1), "top5": (rank < 5).reshape(num, views).mean(1),
                  "category": same_category.reshape(num, views).mean(1)}
-    kid, kid_se = kernel_distance_with_error(features, reference.truth_features, reference.groups, reference.groups)
+    kid, kid_se = (kernel_distance_with_error(features, reference.truth_features, reference.groups, reference.groups)
+                   if num >= 3 else (None, None))  # the jackknife needs 3 shapes
     result: dict[str, Any] = {k: bootstrap_mean_ci(v).as_dict() for k, v in per_shape.items()}
-    result.update(kid=kid, kid_se=kid_se, shapes=num, candidates=int(reference.candidates.shape[1]),
+    # FID only as a labelled extra: at tens of shapes its bias (which grows with d / n) dominates.
+    result.update(kid=kid, kid_se=kid_se, fid_extra=frechet_distance(features, reference.truth_features), shapes=num, candidates=int(reference.candidates.shape[1]),
                   per_shape={k: v.tolist() for k, v in per_shape.items()})
     return result
 
@@ -177,4 +196,5 @@ def floor_sources(categories: np.ndarray, num: int, seed: int = 0) -> list[int |
 def conventions(embedder_name: str) -> dict[str, str]:
     return {"r_precision": R_PRECISION_CONVENTION.format(azimuths=", ".join(f"{a:g}" for a in HELD_OUT_AZIMUTHS)),
             "render_kid": KID_CONVENTION + "; between the renders of the outputs and of the truth from the same cameras",
+            "render_fid": "Frechet distance of the same features (an extra: biased at tens of shapes, not for ranking)",
             "embedder": embedder_name}
