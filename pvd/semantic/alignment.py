@@ -162,6 +162,15 @@ def alignment_scores(embedder: ImageEmbedder, reference: AlignmentReference, clo
     return scores_from_features(features, reference)
 
 
+def on_sphere(features: np.ndarray) -> np.ndarray:
+    """(n, D) features L2-normalised and scaled to norm sqrt(D): the cubic kernel's argument x.y / D
+    is then the cosine, of order 1 for any embedder (unit CLIP or evaluator embeddings would
+    otherwise leave the kernel almost linear, and its values ~1/D)."""
+    features = np.asarray(features, dtype=np.float64)
+    norm = np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    return features / norm * np.sqrt(features.shape[1])
+
+
 def scores_from_features(features: np.ndarray, reference: AlignmentReference) -> dict[str, Any]:
     """The metrics of :func:`alignment_scores` from the (num * V, D) embeddings of a method's renders."""
     views = len(HELD_OUT_AZIMUTHS)
@@ -173,11 +182,13 @@ def scores_from_features(features: np.ndarray, reference: AlignmentReference) ->
     same_category = reference.gallery_categories[first] == reference.gallery_categories[target]
     per_shape = {"top1": (rank < 1).reshape(num, views).mean(1), "top5": (rank < 5).reshape(num, views).mean(1),
                  "category": same_category.reshape(num, views).mean(1)}
-    kid, kid_se = (kernel_distance_with_error(features, reference.truth_features, reference.groups, reference.groups)
+    ours, truth = on_sphere(features), on_sphere(reference.truth_features)
+    kid, kid_se = (kernel_distance_with_error(ours, truth, reference.groups, reference.groups)
                    if num >= 3 else (None, None))  # the jackknife needs 3 shapes
     result: dict[str, Any] = {k: bootstrap_mean_ci(v).as_dict() for k, v in per_shape.items()}
     # FID only as a labelled extra: at tens of shapes its bias (which grows with d / n) dominates.
-    result.update(kid=kid, kid_se=kid_se, fid_extra=frechet_distance(features, reference.truth_features), shapes=num, candidates=int(reference.candidates.shape[1]),
+    result.update(kid=kid, kid_se=kid_se, fid_extra=frechet_distance(ours, truth), shapes=num,
+                  candidates=int(reference.candidates.shape[1]),
                   per_shape={k: v.tolist() for k, v in per_shape.items()})
     return result
 
@@ -195,6 +206,8 @@ def floor_sources(categories: np.ndarray, num: int, seed: int = 0) -> list[int |
 
 def conventions(embedder_name: str) -> dict[str, str]:
     return {"r_precision": R_PRECISION_CONVENTION.format(azimuths=", ".join(f"{a:g}" for a in HELD_OUT_AZIMUTHS)),
-            "render_kid": KID_CONVENTION + "; between the renders of the outputs and of the truth from the same cameras",
+            "render_kid": KID_CONVENTION + "; on the embedder's features L2-normalised and scaled to norm sqrt(D) (the "
+                          "kernel's argument is the cosine); between the renders of the outputs and of the truth from "
+                          "the same cameras",
             "render_fid": "Frechet distance of the same features (an extra: biased at tens of shapes, not for ranking)",
             "embedder": embedder_name}
