@@ -57,7 +57,7 @@ def load_model_folder(path: str | os.PathLike, fmt: str, version: int, what: str
     except (OSError, ValueError) as e:
         raise UserError(f"{config_path} is unreadable ({e})") from None
     if not isinstance(record, dict) or record.get("format") != fmt or record.get("format_version") != version:
-        raise UserError(f"{config_path} is not a {fmt} v{version} record")
+        raise UserError(f"{config_path} is not a {what} record ({fmt} v{version})")
     if sha256_file(weights_path) != record.get("weights_sha256"):
         raise UserError(f"{weights_path} does not match {config_path} (interrupted or mixed save?); train again")
     try:

@@ -182,6 +182,10 @@ BAD_INPUT = [
     ({"--steps-curve": "euler:3"}, "unknown sampler"),
     ({"--num": "0"}, "--num must be at least 1"),
     ({"--sds": "pfid"}, "not an SDS prior|checkpoint"),
+    ({"--embedder": "missing.evaluator"}, "no such evaluator folder"),
+    ({"--embedder": "pfid"}, "is not a semantic evaluator record"),  # another model's folder
+    ({"--embedder": "open_clip:ViT-B-32"}, "expected open_clip:MODEL:WEIGHTS_FILE|open_clip package"),
+    ({"--candidates": "1"}, "--candidates must be at least 2"),
 ]
 
 

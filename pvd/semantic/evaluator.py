@@ -233,6 +233,7 @@ def train_evaluator(data: str, config: EvaluatorConfig, log: Callable[[str], Non
 
 
 def save_evaluator(net: EvaluatorNet, record: dict[str, Any], out: str | os.PathLike) -> None:
+    """Write the evaluator folder (weights.pt, then config.json with the weights' hash and provenance), atomically."""
     save_model_folder(net.state_dict(), record, out)
 
 
