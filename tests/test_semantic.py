@@ -117,6 +117,24 @@ def test_r_precision_is_one_for_the_inputs_and_one_over_n_for_unrelated_features
     assert unrelated["category"]["mean"] == pytest.approx(0.25, abs=0.06)
 
 
+def test_render_kid_sees_directions_not_scale():
+    """KID runs on features scaled to norm sqrt(D): an embedder whose features are 100x larger (or
+    unit-normalised, as CLIP's are) gets the same KID; a shift of direction changes it."""
+    rng = np.random.default_rng(5)
+    views, num, dim = len(HELD_OUT_AZIMUTHS), 12, 16
+    gallery = rng.normal(size=(num, dim))
+    reference = _reference_from_features(gallery, np.zeros(num, int), candidate_sets(num, 4, 0), views)
+    reference.truth_features = rng.normal(size=(num * views, dim))
+    shifted = reference.truth_features + rng.normal(size=(num * views, dim)) + 2.0
+    base = scores_from_features(shifted, reference)
+    scaled = scores_from_features(100.0 * shifted, reference)
+    assert scaled["kid"] == pytest.approx(base["kid"], rel=1e-9) and scaled["kid_se"] == pytest.approx(base["kid_se"], rel=1e-9)
+    # the cosine-scaled KID of this shift is of order 1 (the cubic kernel is not near-linear)
+    assert base["kid"] > 0.1
+    same = scores_from_features(reference.truth_features[::-1].copy(), reference)
+    assert same["kid"] < base["kid"] / 10
+
+
 def test_jackknife_kid_against_loops():
     rng = np.random.default_rng(2)
     a, b = rng.normal(size=(12, 5)), rng.normal(0.3, 1.0, size=(12, 5))
