@@ -51,7 +51,9 @@ def test_network_normals_have_second_order_gradients(encoding):
 # ---- splatting ------------------------------------------------------------------------------
 
 def naive_splat(g: GaussianPoints, k: np.ndarray, e: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per pixel, per Gaussian in depth order: the compositing written out with loops."""
+    """Per pixel, per Gaussian in depth order: the compositing written out with loops (a Gaussian
+    reaches the pixels within ``cutoff`` deviations of its centre)."""
+    cutoff = g.points.cutoff
     centre = g.centre.detach().double().numpy()
     scale = np.exp(g.log_scale.detach().double().numpy())
     opacity = 1 / (1 + np.exp(-g.opacity_logit.detach().double().numpy()))
@@ -66,7 +68,10 @@ def naive_splat(g: GaussianPoints, k: np.ndarray, e: np.ndarray, h: int, w: int)
                 if z <= 0.05:
                     continue
                 u, v, s = k[0, 0] * x / z + k[0, 2], k[1, 1] * y / z + k[1, 2], scale[n] * k[0, 0] / z
-                a = min(opacity[n] * math.exp(-((j + 0.5 - u) ** 2 + (i + 0.5 - v) ** 2) / (2 * s * s)), 0.99)
+                d2 = (j + 0.5 - u) ** 2 + (i + 0.5 - v) ** 2
+                if d2 >= (cutoff * s) ** 2:
+                    continue
+                a = min(opacity[n] * math.exp(-d2 / (2 * s * s)), 0.99)
                 c += t * a * color[n]
                 acc += t * a
                 t *= 1 - a
@@ -75,8 +80,8 @@ def naive_splat(g: GaussianPoints, k: np.ndarray, e: np.ndarray, h: int, w: int)
     return rgb, alpha
 
 
-def random_points(count: int = 5, seed: int = 0) -> GaussianPoints:
-    g = GaussianPoints(CFG, PointsConfig(count=count, scale=0.1)).double()
+def random_points(count: int = 5, seed: int = 0, **options) -> GaussianPoints:
+    g = GaussianPoints(CFG, PointsConfig(count=count, scale=0.1, **options)).double()
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         g.centre.copy_((torch.rand(count, 3, generator=gen, dtype=torch.float64) - 0.5) * 0.6)
@@ -86,19 +91,48 @@ def random_points(count: int = 5, seed: int = 0) -> GaussianPoints:
     return g
 
 
-def test_splatting_matches_the_naive_reference():
-    g = random_points()
-    k = np.array([[6.0, 0, 3.0], [0, 6.0, 3.0], [0, 0, 1]])
+@pytest.mark.parametrize("tile,cutoff", [(8, 4.0), (2, 2.0), (3, 1.0), (1, 50.0)])
+def test_splatting_matches_the_naive_reference(tile, cutoff):
+    """Tiles that divide the image or not (6 = 2 x 3, 3 x 2), a reach of 1 to 50 deviations: the
+    same pixels as the loops, to rounding."""
+    g = random_points(count=12, tile=tile, cutoff=cutoff)
+    k = np.array([[7.0, 0, 3.5], [0, 7.0, 3.0], [0, 0, 1]])
     e = orbit_extrinsics(40.0, 20.0, 1.5)
-    out = g.render(torch.from_numpy(k)[None], torch.from_numpy(e)[None], 6, 6)
-    rgb, alpha = naive_splat(g, k, e, 6, 6)
+    out = g.render(torch.from_numpy(k)[None], torch.from_numpy(e)[None], 6, 7)
+    rgb, alpha = naive_splat(g, k, e, 6, 7)
     np.testing.assert_allclose(out["rgb"][0].permute(1, 2, 0).detach().numpy(), rgb, atol=1e-10)
     np.testing.assert_allclose(out["alpha"][0, 0].detach().numpy(), alpha, atol=1e-10)
     assert alpha.max() > 0.3  # the view sees the points
 
 
+def test_tiles_cost_less_than_every_pixel_seeing_every_gaussian():
+    """Small Gaussians spread over a 64 px view: the largest tile holds a fraction of them."""
+    from pvd.sds.fields import splat_tiles
+
+    gen = torch.Generator().manual_seed(0)
+    n = 400
+    u, v = torch.rand(1, n, generator=gen) * 64, torch.rand(1, n, generator=gen) * 64
+    sigma = torch.full((1, n), 0.8)
+    seen = []
+    original = torch.Tensor.topk
+
+    def spy(self, k, *args, **kwargs):
+        seen.append(k)
+        return original(self, k, *args, **kwargs)
+
+    torch.Tensor.topk = spy
+    try:
+        rgb, alpha, _ = splat_tiles(u, v, sigma, torch.full((1, n), 0.5), torch.rand(1, n, 3, generator=gen),
+                                    torch.rand(1, n, generator=gen), torch.ones(1, n, dtype=torch.bool), 64, 64, 8, 4.0, 1.0)
+    finally:
+        torch.Tensor.topk = original
+    assert rgb.shape == (1, 3, 64, 64) and alpha.shape == (1, 64, 64)
+    assert seen and seen[0] < n / 4  # reach 3.2 px: a tile of 8 sees its own ~6 and its neighbours' edges
+
+
 def test_splatting_gradients_match_finite_differences():
-    g = random_points(count=3, seed=1)
+    # a reach of 50 deviations: no pixel sits on the cutoff, where the image steps by exp(-cutoff^2 / 2)
+    g = random_points(count=3, seed=1, tile=2, cutoff=50.0)
     k = torch.tensor([[[5.0, 0, 2.5], [0, 5.0, 2.5], [0, 0, 1]]], dtype=torch.float64)
     e = torch.from_numpy(orbit_extrinsics(10.0, 25.0, 1.4))[None]
     names = ("centre", "log_scale", "opacity_logit", "color_logit")
