@@ -24,7 +24,7 @@ from pvd import checkpoint
 from pvd.bench.common import ROOT, machine, minutes, subprocess_env, write_json, write_text
 from pvd.errors import UserError
 
-def cli_options(items: list[str], flag: str = "--pfid-set") -> list[str]:
+def cli_options(items: list[str], flag: str) -> list[str]:
     """['epochs=1', 'widths=8,16'] -> ['--epochs', '1', '--widths', '8', '16'] for the argparse commands
     (``python -m pvd.pfid train``, ``python -m pvd.semantic train``); flag: the option they came from."""
     out = []
@@ -66,7 +66,7 @@ def train_steps(args: argparse.Namespace) -> list[TrainStep]:
         TrainStep("sds", [py, "-m", "pvd.sds.train_prior", f"data={args.data}", f"run_dir={out / 'sds-prior'}",
                           *dev, *args.prior_set], out / "sds-prior", True),
         TrainStep("pfid", [py, "-m", "pvd.pfid", "train", "--data", args.data, "--out", str(out / "pfid"),
-                           *cli_options(args.pfid_set)], out / "pfid", False),
+                           *cli_options(args.pfid_set, "--pfid-set")], out / "pfid", False),
         TrainStep("evaluator", [py, "-m", "pvd.semantic", "train", "--data", args.data, "--out", str(out / "evaluator"),
                                 *cli_options(args.evaluator_set, "--evaluator-set")], out / "evaluator", False),
     ]

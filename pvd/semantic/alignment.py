@@ -43,27 +43,35 @@ R_PRECISION_CONVENTION = (
     "(truth resampled); floor: the truth of another shape of the same category")
 
 
-def rank_of_target(queries: np.ndarray, gallery: np.ndarray, candidates: np.ndarray, target: np.ndarray) -> np.ndarray:
+def candidate_similarity(queries: np.ndarray, gallery: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """(Q, C) cosine similarity of each query (Q, D) to its candidates (Q, C), rows of gallery (G, D)."""
+    q = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
+    g = gallery / np.maximum(np.linalg.norm(gallery, axis=1, keepdims=True), 1e-12)
+    return np.einsum("qd,qcd->qc", q, g[candidates])
+
+
+def rank_of_target(queries: np.ndarray, gallery: np.ndarray, candidates: np.ndarray, target: np.ndarray,
+                   scores: np.ndarray | None = None) -> np.ndarray:
     """(Q,) 0-based rank of each query's target among its candidates by cosine similarity.
 
     queries: (Q, D); gallery: (G, D); candidates: (Q, C) gallery rows each query chooses among
-    (its target among them); target: (Q,) the right gallery row. Ties count against the
-    target (a constant embedding ranks last, not first).
+    (its target among them); target: (Q,) the right gallery row; scores: their
+    :func:`candidate_similarity` when already computed. Ties count against the target (a
+    constant embedding ranks last, not first).
     """
-    q = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
-    g = gallery / np.maximum(np.linalg.norm(gallery, axis=1, keepdims=True), 1e-12)
     if not (candidates == target[:, None]).any(axis=1).all():
         raise ValueError("every query's candidates must include its target")
-    scores = np.einsum("qd,qcd->qc", q, g[candidates])
-    own = np.einsum("qd,qd->q", q, g[target])
+    if scores is None:
+        scores = candidate_similarity(queries, gallery, candidates)
+    own = scores[np.arange(len(scores)), (candidates == target[:, None]).argmax(axis=1)]
     return ((scores >= own[:, None]) & (candidates != target[:, None])).sum(axis=1)
 
 
-def best_candidate(queries: np.ndarray, gallery: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+def best_candidate(queries: np.ndarray, gallery: np.ndarray, candidates: np.ndarray,
+                   scores: np.ndarray | None = None) -> np.ndarray:
     """(Q,) the gallery row each query ranks first among its candidates."""
-    q = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
-    g = gallery / np.maximum(np.linalg.norm(gallery, axis=1, keepdims=True), 1e-12)
-    scores = np.einsum("qd,qcd->qc", q, g[candidates])
+    if scores is None:
+        scores = candidate_similarity(queries, gallery, candidates)
     return candidates[np.arange(len(candidates)), scores.argmax(axis=1)]
 
 
@@ -177,8 +185,9 @@ def scores_from_features(features: np.ndarray, reference: AlignmentReference) ->
     num = reference.num
     target = np.repeat(reference.targets, views)
     candidates = np.repeat(reference.candidates, views, axis=0)
-    rank = rank_of_target(features, reference.gallery, candidates, target)
-    first = best_candidate(features, reference.gallery, candidates)
+    scores = candidate_similarity(features, reference.gallery, candidates)
+    rank = rank_of_target(features, reference.gallery, candidates, target, scores)
+    first = best_candidate(features, reference.gallery, candidates, scores)
     same_category = reference.gallery_categories[first] == reference.gallery_categories[target]
     per_shape = {"top1": (rank < 1).reshape(num, views).mean(1), "top5": (rank < 5).reshape(num, views).mean(1),
                  "category": same_category.reshape(num, views).mean(1)}

@@ -30,7 +30,7 @@ from pvd.data.cameras import R2N2_DISTANCE_SCALE, orbit_extrinsics, r2n2_like_vi
 from pvd.data.hdf5 import SPLITS, FileInfo, open_dataset_file
 from pvd.errors import UserError, raise_if_interrupted
 from pvd.model_folder import load_model_folder, save_model_folder, sha256_file
-from pvd.semantic.views import render_cloud_views
+from pvd.semantic.views import POINT_RADIUS_PX, RENDER_POINTS, render_cloud_views
 
 FORMAT = "pvd-semantic-evaluator"
 FORMAT_VERSION = 1
@@ -218,7 +218,8 @@ def train_evaluator(data: str, config: EvaluatorConfig, log: Callable[[str], Non
         "category_ids": present,
         "dataset": os.path.abspath(data),
         "dataset_sha256": sha256_file(data),
-        "modality": "point renders (pvd.semantic.views): 2048 points, depth shade, radius 1 px, R2N2-like cameras",
+        "modality": f"point renders (pvd.semantic.views): {RENDER_POINTS} points, depth shade, radius {POINT_RADIUS_PX:g} px, "
+                    "R2N2-like cameras",
         **lens,
         "train_shapes": len(bank),
         "val_shapes": len(val_bank),
