@@ -93,6 +93,11 @@ def test_every_output_is_written_with_finite_consistent_numbers(first):
         assert result["cost"]["methods"][method]["network_evaluations_per_shape"] > 0
     assert result["cost"]["methods"]["multiview"]["network_evaluations_per_shape"] == 4  # 2 views x 2 DDIM steps
     assert result["cost"]["methods"]["magic3d"]["network_evaluations_per_shape"] == 4  # 2 coarse + 2 fine iterations
+    # Magic3D refined the SDS run's field (same settings) instead of repeating it: its coarse scores are SDS's
+    (m3d,) = [json.loads(f.read_text()) for f in (first / "magic3d" / "records").glob("*.json")]
+    sds = json.loads((first / "sds" / "records" / f"{m3d['name']}.json").read_text())
+    assert m3d["coarse_from"] == str(first / "sds" / f"{m3d['name']}.field.pt")
+    assert (m3d["coarse_cd"], m3d["coarse_seconds"]) == (sds["cd"], sds["seconds"])
     for method, summary in q["methods"].items():
         for key in ("cd", "emd", "f1", "f2", "iou", "mesh_f1", "mesh_nc", "r2"):
             ci = summary["mean"][key]
@@ -327,3 +332,11 @@ def test_train_mode_resumes_a_real_training_run(models, tmp_path, capsys):
     assert resumed == [*single.command, "resume=true"]
     assert train.main([*resumed[2:], "max_steps=2"]) == 0  # same config, one more step
     assert checkpoint.load(single.folder)["step"] == 2
+
+
+def test_a_worst_shape_caption_names_every_flag_that_fired():
+    from pvd.bench.figures import worst_caption
+    record = {"cd": 0.0123, "f1": 0.25, "empty": False, "exploded": True, "no_mesh": True}
+    assert worst_caption("test-00001", "chair", record) == "test-00001 (chair)\nCD 0.0123, F@1% 0.25\nexploded"
+    assert worst_caption("a", "lamp", {**record, "exploded": False}, ["janus", "floaters"]).endswith("\njanus, floaters")
+    assert worst_caption("a", "lamp", {**record, "exploded": False}).count("\n") == 1  # nothing fired: no flag line

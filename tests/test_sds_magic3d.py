@@ -62,3 +62,24 @@ def test_two_stages_count_both_stages():
     assert result.seconds >= result.coarse.seconds and math.isfinite(result.history[-1]["cd"])
     with pytest.raises(ValueError):
         M.RefineConfig(mesh_resolution=2)
+
+
+def test_a_saved_coarse_stage_gives_the_same_two_stages_and_refuses_other_settings(tmp_path):
+    # save_result / load_result round-trip the coarse field exactly, so starting the fine stage
+    # from the file repeats the fine stage of a full run (same process, same ops: equal up to
+    # float summation order, 1e-6), and the file's cost still counts
+    truth, ref = box_field(), D.Camera(90.0, 25.0, 1.4, K16, SIZE)
+    image, prior = render_rgba(truth, ref, SIZE), OraclePrior(truth, ref, SIZE)
+    cfg, rcfg = small_config(iterations=12, sds_weight=1.0, guidance=1.0), M.RefineConfig(iterations=4, mesh_resolution=10)
+    gt = D.surface(truth, small_config())[1]
+    full = M.two_stage(prior, image, ref, cfg, rcfg, ground_truth=gt)
+    D.save_result(tmp_path / "a.field.pt", full.coarse, cfg, peak_memory_mb=12.5)
+    coarse, peak = D.load_result(tmp_path / "a.field.pt", cfg, ref)
+    assert peak == 12.5 and coarse.evaluations == full.coarse.evaluations and coarse.history == full.coarse.history
+    assert coarse.failures == full.coarse.failures
+    reused = M.two_stage(prior, image, ref, cfg, rcfg, ground_truth=gt, coarse=coarse)
+    assert reused.evaluations == full.evaluations == 16
+    assert reused.seconds >= coarse.seconds
+    np.testing.assert_allclose(reused.points, full.points, atol=1e-6)
+    with pytest.raises(ValueError, match="seed"):
+        D.load_result(tmp_path / "a.field.pt", small_config(iterations=12, sds_weight=1.0, guidance=1.0, seed=5), ref)

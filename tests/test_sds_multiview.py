@@ -174,6 +174,7 @@ def test_the_command_reconstructs_from_generated_views(pipeline_data, tmp_path, 
     (["--views", "3", "--image", "x.png", "--prior", "p"], "belong to --method multiview"),
     (["--method", "multiview", "--image", "x.png"], "--method multiview needs --prior"),
     (["--method", "multiview", "--views", "0", "--image", "x.png", "--prior", "p"], "views and steps must be at least 1"),
+    (["--coarse-from", "d", "--image", "x.png", "--prior", "p"], "belong to --method magic3d"),
 ])
 def test_the_command_rejects_bad_multiview_options_in_one_line(tmp_path, capsys, args, message):
     from pvd.sds.__main__ import main as sds_command
@@ -202,3 +203,20 @@ def test_the_command_runs_magic3d_with_another_representation(pipeline_data, tmp
     assert summary["config"]["representation"]["kind"] == "nerf"
     rec = summary["records"][0]
     assert rec["prior_evaluations"] == 5 and "coarse_cd" in rec  # 3 coarse + 2 fine
+
+    # the fine stage started from an SDS run's saved fields: same scores for its coarse stage, its calls counted
+    common = ["--representation", "nerf", "--prior", tmp_path / "prior", "--data", pipeline_data, "--split", "val",
+              "--num", "1", "--iterations", "3", "--threads", "1", "--set", "field.resolution=12", "ref_size=16",
+              "num_samples=12", "num_points=128", "blob_depth=6"]
+    assert run_main(sds_command, [*common, "--out", tmp_path / "sds"], capsys)[0] == 0
+    sds = json.loads((tmp_path / "sds" / "summary.json").read_text())["records"][0]
+    refine = ["--method", "magic3d", "--refine-set", "iterations=2", "mesh_resolution=8", "--coarse-from", tmp_path / "sds"]
+    code, _, err = run_main(sds_command, [*common, *refine, "--out", tmp_path / "m3d-reused"], capsys)
+    assert code == 0, err
+    reused = json.loads((tmp_path / "m3d-reused" / "summary.json").read_text())["records"][0]
+    assert reused["prior_evaluations"] == 5 and reused["coarse_seconds"] == sds["seconds"]
+    assert reused["coarse_cd"] == pytest.approx(sds["cd"]) and reused["coarse_from"].endswith(f"{sds['name']}.field.pt")
+    for extra, message in ((["--seed", "9"], "optimised with other settings (seed differ)"),
+                           (["--coarse-from", tmp_path / "nowhere"], "no such file")):
+        code, _, err = run_main(sds_command, [*common, *refine, *extra, "--out", tmp_path / "m3d-bad"], capsys)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err

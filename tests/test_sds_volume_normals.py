@@ -2,7 +2,6 @@
 normals, the orientation penalty's definition, the smoothness term on hand-made maps, and
 gradients against finite differences."""
 
-import math
 
 import numpy as np
 import pytest

@@ -21,11 +21,12 @@ from pvd.bench.data import Data
 from pvd.errors import UserError
 
 
-def run_lifting(args: argparse.Namespace, data: Data, device: torch.device, folder: Path, method: str = "sds"
-                ) -> dict[str, dict[str, Any]]:
+def run_lifting(args: argparse.Namespace, data: Data, device: torch.device, folder: Path, method: str = "sds",
+                *, coarse_from: Path | None = None) -> dict[str, dict[str, Any]]:
     """``python -m pvd.sds --method METHOD`` over the first --sds-num split shapes, the same shapes
     and input view for every method (its own per-shape caching); returns name -> {"points": (N, 3)
-    world | None, "mesh": path | None, "record": dict}."""
+    world | None, "mesh": path | None, "record": dict}. coarse_from: magic3d refines the fields an
+    SDS run with the same settings wrote there."""
     count = min(args.sds_num, data.num)
     cmd = [sys.executable, "-m", "pvd.sds", "--method", method, "--prior", args.sds, "--data", data.path, "--split",
            data.split, "--num", str(count), "--view", str(data.view), "--seed", str(args.seed), "--out", str(folder),
@@ -38,6 +39,8 @@ def run_lifting(args: argparse.Namespace, data: Data, device: torch.device, fold
         cmd += shlex.split(args.multiview_args)
     if method == "magic3d" and getattr(args, "refine_set", None):
         cmd += ["--refine-set", *args.refine_set]
+    if method == "magic3d" and coarse_from is not None:
+        cmd += ["--coarse-from", str(coarse_from)]
     print(f"{method}: {' '.join(shlex.quote(c) for c in cmd)}", file=sys.stderr, flush=True)
     done = subprocess.run(cmd, env=subprocess_env())
     if done.returncode == 130:

@@ -60,10 +60,17 @@ def figure_grid(data: Data, outputs: dict[str, dict[str, Any]], path: Path, coun
     save_png(path, stack_rows(rows))
 
 
+def worst_caption(name: str, category: str, record: dict[str, Any], more_flags: list[str] = ()) -> str:
+    """A worst-shape tile's caption: name, category, CD, F@1% and the flags that fired."""
+    flags = ", ".join([f for f in FLAGS if record.get(f) and f != "no_mesh"] + list(more_flags))
+    return f"{name} ({category})\nCD {record['cd']:.3g}, F@1% {record['f1']:.2f}" + (f"\n{flags}" if flags else "")
+
+
 def figure_worst(data: Data, records: dict[str, dict[str, dict[str, Any]]], clouds: dict[str, dict[str, np.ndarray]],
-                 path: Path, worst: dict[str, list[str]]) -> None:
+                 path: Path, worst: dict[str, list[str]], more_flags: dict[str, dict[str, list[str]]] | None = None) -> None:
     """worst.png: per method, its worst shapes by CD (``worst``: method -> names), output in red over
-    the truth in grey from the input camera, each with its name and numbers."""
+    the truth in grey from the input camera, each with its name, numbers and the failure flags that
+    fired (the scoring's, plus ``more_flags``: method -> name -> flags, e.g. a lifting run's Janus)."""
     methods = [m for m in METHOD_ORDER if m in worst and worst[m]]
     by_name = {s.name: s for s in data.shapes[: data.num]}
     rows = []
@@ -71,8 +78,7 @@ def figure_worst(data: Data, records: dict[str, dict[str, dict[str, Any]]], clou
         tiles = []
         for name in worst[m]:
             s, r = by_name[name], records[m][name]
-            flags = ", ".join(f for f in FLAGS if r.get(f) and f != "no_mesh")
-            text = f"{name} ({s.category})\nCD {r['cd']:.3g}, F@1% {r['f1']:.2f}" + (f"\n{flags}" if flags else "")
+            text = worst_caption(name, s.category, r, (more_flags or {}).get(m, {}).get(name, []))
             tiles.append(captioned(render(None if r["empty"] else clouds[m][name], s, overlay=s.ref), text))
         rows.append(labelled(image_grid(tiles, columns=len(tiles)),
                              f"{METHOD_TITLES[m]}: worst shapes by CD (output red, truth grey, input camera)"))

@@ -240,8 +240,10 @@ def run_benchmark(args: argparse.Namespace, argv: list[str]) -> int:
                                             out / "samples" / f"ablation@{spec.label}", "ablation")
     lifted: dict[str, dict[str, dict[str, Any]]] = {}
     if args.sds and args.sds_num > 0:
-        for method in args.lifting:
-            lifted[method] = run_lifting(args, data, device, out / method, method)
+        # SDS first: Magic3D's coarse stage is that SDS run (same settings), so it refines SDS's fields
+        for method in sorted(args.lifting, key=lambda m: m != "sds"):
+            coarse_from = out / "sds" if method == "magic3d" and "sds" in args.lifting else None
+            lifted[method] = run_lifting(args, data, device, out / method, method, coarse_from=coarse_from)
             outputs[method] = {name: v["points"] for name, v in lifted[method].items()}
 
     regressor_cost = None
@@ -323,7 +325,9 @@ def run_benchmark(args: argparse.Namespace, argv: list[str]) -> int:
     write_text(out / "results.csv", csv_text(records))
     write_text(out / "results.md", markdown(result))
     figure_grid(data, outputs, out / "grid.png")
-    figure_worst(data, records, clouds, out / "worst.png", quality["worst"])
+    lifting_flags = {m: {name: [f for f in ("janus", "floaters") if v["record"].get(f)] for name, v in shapes.items()}
+                     for m, shapes in lifted.items()}
+    figure_worst(data, records, clouds, out / "worst.png", quality["worst"], lifting_flags)
     if curves.get("steps"):
         figure_curve(curves["steps"], "steps", "sampler", out / "steps.png", "sampler steps", log=True)
     if curves.get("guidance"):

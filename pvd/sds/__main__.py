@@ -6,6 +6,7 @@ Magic3D's two stages (SDS, then its mesh refined: ``--method magic3d``).
     python -m pvd.sds --method multiview --views 6 --order chain --prior runs/sds-prior --data data/synth.h5 \
         --split val --num 6 --out outputs/mv-val
     python -m pvd.sds --method magic3d --prior runs/sds-prior --data data/synth.h5 --split val --num 6 --out outputs/m3d
+    python -m pvd.sds --method magic3d --coarse-from outputs/sds-val ...   # refine an SDS run's fields (same settings)
     python -m pvd.sds --representation nerf --set orientation_weight=1 normal_smooth_weight=1 ...   # see --help
     python -m pvd.sds --prior runs/sds-prior --data data/synth.h5 --split test --num 20 --out outputs/sds-test
     python -m pvd.sds --data data/synth.h5 --split test --num 20 --sds-weight 0 --out outputs/ref-only
@@ -14,7 +15,8 @@ Magic3D's two stages (SDS, then its mesh refined: ``--method magic3d``).
     # quality against the budget (one run per budget): tests/benchmarks/sds_budget_curve.py
 
 Per shape NAME: NAME.ply / NAME.npy (points sampled on the mesh, world frame, like sample.py's),
-NAME.obj (the marching-cubes mesh), NAME.density.npy (the density grid), NAME.png (input |
+NAME.obj (the marching-cubes mesh), NAME.density.npy (the density grid), with --method sds
+NAME.field.pt (the field's parameters and settings: magic3d --coarse-from starts there), NAME.png (input |
 front | side | back renderings), with --strip NAME.strip.png (views during the optimisation),
 with --method multiview NAME.views.png (the generated views, input first) and the views'
 consistency score and weights in the record, with --method magic3d the refined mesh and points
@@ -52,7 +54,8 @@ from pvd.imageprep import prepare_photo
 from pvd.io import atomic_path, save_points
 from pvd.meshing import save_mesh
 from pvd.runtime import PeakMemory, pick_device
-from pvd.sds.distill import Camera, DistillConfig, render_view, distill, silhouette_symmetry
+from pvd.sds.distill import (Camera, DistillConfig, render_view, distill, load_result, read_saved, save_result,
+                             silhouette_symmetry)
 from pvd.sds.multiview import INITS as M_INITS
 from pvd.sds.multiview import ORDERS as M_ORDERS
 from pvd.sds.multiview import WEIGHTINGS as M_WEIGHTINGS
@@ -84,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what is optimised: voxel grid (default), coordinate network (nerf) or Gaussian points")
     p.add_argument("--refine-set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="magic3d: RefineConfig fields of the fine stage, e.g. iterations=300 laplacian_weight=50")
+    p.add_argument("--coarse-from", metavar="DIR",
+                   help="magic3d: start the fine stage from the fields an SDS run with the same settings wrote to DIR "
+                        "(NAME.field.pt) instead of repeating that run; its time and prior calls still count")
     p.add_argument("--views", type=int, default=None, help="multiview: generated views (default 6)")
     p.add_argument("--order", choices=M_ORDERS, default=None, help="multiview: generation order (default independent)")
     p.add_argument("--view-weight", type=float, default=None, help="multiview: a generated view's loss weight (default 0.5)")
@@ -201,6 +207,19 @@ def _truth_silhouettes(f: h5py.File, row: int, camera: Camera, intrinsics: np.nd
     return masks[0], masks[1]
 
 
+def load_coarse(folder: Path, job: dict, cfg: DistillConfig, device, *, check_only: bool = False):
+    """The SDS run's result for ``job`` from ``folder`` (see --coarse-from) and its peak memory
+    (MiB); check_only: only that the file exists and was made with ``cfg``."""
+    path = folder / f"{job['name']}.field.pt"
+    if not path.is_file():
+        raise UserError(f"{path}: no such file (run python -m pvd.sds --method sds with the same settings "
+                        f"--out {folder} first)")
+    try:
+        return read_saved(path, cfg) if check_only else load_result(path, cfg, job["camera"], device)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
 def write_shape(out: Path, job: dict, result, cfg: DistillConfig, strip_frames: list[np.ndarray]) -> dict:
     """Write one shape's files (each atomically) and return its record."""
     name = job["name"]
@@ -241,8 +260,8 @@ def main(argv: list[str] | None = None) -> int:
                         "--method multiview")
     cfg = make_config(args)
     mv = make_multiview_config(args, cfg) if args.method == "multiview" else None
-    if args.refine_set and args.method != "magic3d":
-        raise UserError("--refine-set belongs to --method magic3d")
+    if (args.refine_set or args.coarse_from) and args.method != "magic3d":
+        raise UserError("--refine-set and --coarse-from belong to --method magic3d")
     refine_cfg = apply_overrides(RefineConfig(), args.refine_set) if args.method == "magic3d" else None
     if refine_cfg is not None:
         try:
@@ -268,6 +287,10 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("no shapes to lift")
     out = Path(args.out)
     (out / "records").mkdir(parents=True, exist_ok=True)
+    if args.coarse_from:  # every coarse field is there and made with these settings, before any work
+        for job in jobs:
+            if not (out / "records" / f"{job['name']}.json").is_file():
+                load_coarse(Path(args.coarse_from), job, cfg, device, check_only=True)
     records = []
     bar = tqdm(jobs, desc="sds", unit="shape", dynamic_ncols=True)
     for job in bar:
@@ -285,10 +308,12 @@ def main(argv: list[str] | None = None) -> int:
                                         cfg.ref_size) for d in (0, 90, 180, 270))
 
         eval_every = args.eval_every or (cfg.iterations if "ground_truth" in job else 0)
+        coarse_run, coarse_peak = (load_coarse(Path(args.coarse_from), job, cfg, device) if args.coarse_from
+                                   else (None, 0.0))
         with PeakMemory(device) as memory:
             if refine_cfg is not None:
                 two = two_stage(prior, np.asarray(job["image"]), job["camera"], cfg, refine_cfg,
-                                ground_truth=job.get("ground_truth"), device=device)
+                                ground_truth=job.get("ground_truth"), coarse=coarse_run, device=device)
                 coarse = two.coarse.history[-1] if two.coarse.history else {}
                 # the shape written and scored is the refined mesh; the failure flags read the coarse field
                 result = dataclasses.replace(two.coarse, mesh=two.mesh, points=two.points,
@@ -314,8 +339,12 @@ def main(argv: list[str] | None = None) -> int:
                 save_png(out / f"{job['name']}.views.png", image_grid(tiles, columns=len(tiles)))
         raise_if_interrupted()
         record = write_shape(out, job, result, cfg, frames)
-        record.update(method=args.method, peak_memory_mb=memory.peak / 2**20, iterations=cfg.iterations,
+        if args.method == "sds":  # the coarse stage another run (magic3d --coarse-from) can start from
+            save_result(out / f"{job['name']}.field.pt", result, cfg, memory.peak / 2**20)
+        record.update(method=args.method, peak_memory_mb=max(memory.peak / 2**20, coarse_peak), iterations=cfg.iterations,
                       history=result.history, **extra, **result.failures)
+        if coarse_run is not None:
+            record["coarse_from"] = str(Path(args.coarse_from) / f"{job['name']}.field.pt")
         if result.history:
             record.update(cd=result.history[-1]["cd"], f1=result.history[-1]["f1"])
         record["janus"] = None  # unknown for a photo: no ground truth to compare with

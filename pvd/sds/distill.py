@@ -23,6 +23,7 @@ diagonal 1 for the dataset's shapes).
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -34,7 +35,9 @@ import trimesh
 from scipy import ndimage
 from torch import Tensor
 
+from pvd.config import to_dict
 from pvd.data.cameras import orbit_extrinsics
+from pvd.io import atomic_path
 from pvd.metrics import chamfer_distance, f_score
 from pvd.sds import volume
 from pvd.sds.prior import camera_pair, to_prior_image
@@ -284,6 +287,57 @@ def score(points: np.ndarray | None, ground_truth: np.ndarray) -> dict[str, floa
         return {"cd": math.inf, "f1": 0.0}
     a, b = torch.from_numpy(points)[None].float(), torch.as_tensor(ground_truth, dtype=torch.float32)[None]
     return {"cd": float(chamfer_distance(a, b)), "f1": float(f_score(a, b, 0.01))}
+
+
+def save_result(path, result: DistillResult, cfg: DistillConfig, peak_memory_mb: float) -> None:
+    """The optimised field's parameters with the config, cost and scores of the run that made
+    them, in one torch file of tensors, numbers and strings (it loads with weights_only), written
+    atomically: a later stage (Magic3D's refinement) starts from it instead of repeating the run."""
+    state = {"field": _to_cpu(result.field.state_dict()),
+             "config": json.dumps(to_dict(cfg), sort_keys=True), "history": json.dumps(result.history),
+             "seconds": float(result.seconds), "evaluations": int(result.evaluations),
+             "peak_memory_mb": float(peak_memory_mb)}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_result(path, cfg: DistillConfig, camera: Camera, device: torch.device | str = "cpu"
+                ) -> tuple[DistillResult, float]:
+    """A :func:`save_result` file as the DistillResult its run returned (the surface and the
+    failure report recomputed from the field) and that run's peak memory (MiB). Raises
+    ValueError when the file was made with a different config than ``cfg``."""
+    state = read_saved(path, cfg)
+    field = make_field(cfg.field, cfg.representation)
+    field.load_state_dict(state["field"])
+    field = field.to(device)
+    mesh, points = surface(field, cfg)
+    result = DistillResult(field=field, mesh=mesh, points=points, failures=failure_report(field, cfg, camera),
+                           history=json.loads(state["history"]), seconds=state["seconds"], evaluations=state["evaluations"])
+    return result, state["peak_memory_mb"]
+
+
+def read_saved(path, cfg: DistillConfig) -> dict:
+    """A :func:`save_result` file's contents; ValueError unless it was made with ``cfg``."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    saved, wanted = _flat(json.loads(state["config"])), _flat(to_dict(cfg))
+    differ = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
+    if differ:
+        raise ValueError(f"{path} was optimised with other settings ({', '.join(differ[:4])}"
+                         f"{' ...' if len(differ) > 4 else ''} differ)")
+    return state
+
+
+def _to_cpu(tree):
+    if isinstance(tree, dict):
+        return {k: _to_cpu(v) for k, v in tree.items()}
+    return tree.detach().cpu() if isinstance(tree, torch.Tensor) else tree
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
 
 
 def failure_report(field: RadianceField, cfg: DistillConfig, camera: Camera, *, empty_fraction: float = 1e-4,

@@ -148,7 +148,8 @@ class NerfField(nn.Module):
         nn.init.zeros_(self.mlp[-1].weight)
         nn.init.zeros_(self.mlp[-1].bias)
         self.blob = (0.0, 1.0)  # (radius, depth): none until init_blob
-        self.register_buffer("start_raw", None)  # (1, 1, R, R, R) fixed raw density: init_occupancy's start
+        # (1, 1, R, R, R) fixed raw density: init_occupancy's start; saved with the blob as extra state
+        self.register_buffer("start_raw", None, persistent=False)
 
     bound = property(lambda self: self.config.bound)
     voxel_size = property(lambda self: 2.0 * self.config.bound / self.config.resolution)
@@ -161,6 +162,14 @@ class NerfField(nn.Module):
         """The occupancy as a fixed raw grid, trilinearly interpolated and added as the blob is."""
         self.blob = (0.0, 1.0)
         self.start_raw = volume.occupancy_raw(self, occupancy, depth).to(self.density)[None, None]
+
+    def get_extra_state(self) -> dict:
+        """The fixed start (blob or occupancy grid) lives outside the parameters: state_dict keeps it."""
+        return {"blob": [float(x) for x in self.blob], "start_raw": self.start_raw}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.blob = tuple(state["blob"])
+        self.start_raw = None if state["start_raw"] is None else state["start_raw"].to(self.density)
 
     def _encode(self, p: Tensor) -> Tensor:
         x = p / self.config.bound  # [-1, 1] inside the cube

@@ -132,10 +132,17 @@ def refine(prior: ViewPrior, image: np.ndarray, camera: Camera, mesh: trimesh.Tr
 
 
 def two_stage(prior: ViewPrior, image: np.ndarray, camera: Camera, cfg: DistillConfig, rcfg: RefineConfig, *,
-              ground_truth: np.ndarray | None = None, device: torch.device | str = "cpu") -> TwoStageResult:
-    """Coarse SDS with ``cfg``, then the fine stage with ``rcfg`` (see the module docstring)."""
-    coarse = distill(prior, image, camera, cfg, ground_truth=ground_truth,
-                     eval_every=cfg.iterations if ground_truth is not None else 0, device=device)
+              ground_truth: np.ndarray | None = None, coarse: DistillResult | None = None,
+              device: torch.device | str = "cpu") -> TwoStageResult:
+    """Coarse SDS with ``cfg``, then the fine stage with ``rcfg`` (see the module docstring).
+
+    coarse: the coarse stage's result when it has already been run (an SDS run with the same
+    ``cfg``, :func:`pvd.sds.distill.load_result`): the fine stage starts from it, and its cost
+    still counts in ``seconds`` and ``evaluations``.
+    """
+    if coarse is None:
+        coarse = distill(prior, image, camera, cfg, ground_truth=ground_truth,
+                         eval_every=cfg.iterations if ground_truth is not None else 0, device=device)
     mesh = coarse_mesh(coarse.field, cfg.surface_opacity, rcfg.mesh_resolution)
     if mesh is None:
         return TwoStageResult(coarse, None, None, [], coarse.seconds, coarse.evaluations)
