@@ -354,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         with atomic_path(record_path) as tmp:
             Path(tmp).write_text(json.dumps(record, indent=1))
         records.append(record)
-        bar.set_postfix(s=f"{result.seconds:.0f}", cd=f"{record.get('cd', math.nan):.4f}")
+        bar.set_postfix(s=f"{record['seconds']:.0f}", cd=f"{record.get('cd', math.nan):.4f}")
     write_summary(out, records, mv or cfg, args, device, refine_cfg)
     print(f"wrote {len(records)} shape(s) to {out}/ (summary.json)")
     return 0
