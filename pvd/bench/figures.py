@@ -4,7 +4,7 @@ of pvd.preview), quality curves (matplotlib)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -60,7 +60,7 @@ def figure_grid(data: Data, outputs: dict[str, dict[str, Any]], path: Path, coun
     save_png(path, stack_rows(rows))
 
 
-def worst_caption(name: str, category: str, record: dict[str, Any], more_flags: list[str] = ()) -> str:
+def worst_caption(name: str, category: str, record: dict[str, Any], more_flags: Sequence[str] = ()) -> str:
     """A worst-shape tile's caption: name, category, CD, F@1% and the flags that fired."""
     flags = ", ".join([f for f in FLAGS if record.get(f) and f != "no_mesh"] + list(more_flags))
     return f"{name} ({category})\nCD {record['cd']:.3g}, F@1% {record['f1']:.2f}" + (f"\n{flags}" if flags else "")

@@ -293,7 +293,7 @@ def save_result(path, result: DistillResult, cfg: DistillConfig, peak_memory_mb:
     """The optimised field's parameters with the config, cost and scores of the run that made
     them, in one torch file of tensors, numbers and strings (it loads with weights_only), written
     atomically: a later stage (Magic3D's refinement) starts from it instead of repeating the run."""
-    state = {"field": _to_cpu(result.field.state_dict()),
+    state = {"field": result.field.state_dict(),  # detached; load_result maps it to the CPU first
              "config": json.dumps(to_dict(cfg), sort_keys=True), "history": json.dumps(result.history),
              "seconds": float(result.seconds), "evaluations": int(result.evaluations),
              "peak_memory_mb": float(peak_memory_mb)}
@@ -325,12 +325,6 @@ def read_saved(path, cfg: DistillConfig) -> dict:
         raise ValueError(f"{path} was optimised with other settings ({', '.join(differ[:4])}"
                          f"{' ...' if len(differ) > 4 else ''} differ)")
     return state
-
-
-def _to_cpu(tree):
-    if isinstance(tree, dict):
-        return {k: _to_cpu(v) for k, v in tree.items()}
-    return tree.detach().cpu() if isinstance(tree, torch.Tensor) else tree
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
