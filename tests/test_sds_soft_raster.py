@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import trimesh
+from scipy.special import expit
 
 from pvd.data.cameras import orbit_extrinsics
 from pvd.data.render import rasterize as hard_rasterize
@@ -23,8 +24,9 @@ def two_triangles():
     return v, f, c
 
 
-def naive(v, f, c, k, e, h, w, sigma, gamma, bg=1.0):
-    """The SoftRas formulas written per pixel and per face."""
+def naive(v, f, c, k, e, h, w, sigma, gamma, bg=1.0, eps=1e-4):
+    """The SoftRas formulas written per pixel and per face; a face whose coverage of a pixel is
+    below eps takes no part in that pixel."""
     cam = v.numpy() @ e[:3, :3].T + e[:3, 3]
     uv = np.stack([k[0, 0] * cam[:, 0] / cam[:, 2] + k[0, 2], k[1, 1] * cam[:, 1] / cam[:, 2] + k[1, 2]], -1)
     rgb, alpha, per_pixel = np.zeros((h, w, 3)), np.zeros((h, w)), {}
@@ -45,7 +47,7 @@ def naive(v, f, c, k, e, h, w, sigma, gamma, bg=1.0):
                 bary = np.array([w0, w1, 1 - w0 - w1])
                 d = min(seg(p, a, b), seg(p, b, cc), seg(p, cc, a))
                 sq = d * d / sigma**2
-                cov.append(1 / (1 + math.exp(-(sq if (bary > 0).all() else -sq))))
+                cov.append(expit(sq if (bary > 0).all() else -sq))
                 cl = np.clip(bary, 0, 1)
                 cl /= cl.sum()
                 zs = cam[face, 2]
@@ -53,6 +55,8 @@ def naive(v, f, c, k, e, h, w, sigma, gamma, bg=1.0):
                 depth.append(1 / inv)
                 col.append(((cl / zs / inv)[:, None] * c.numpy()[face]).sum(0))
             cov, depth, col = np.array(cov), np.array(depth), np.array(col)
+            used = cov >= eps
+            cov, depth, col = cov[used], depth[used], col[used]
             alpha[i, j] = 1 - np.prod(1 - cov)
             per_pixel[(i, j)] = (cov, depth, col)
     near, far = 0.5, 3.0
@@ -66,14 +70,35 @@ def naive(v, f, c, k, e, h, w, sigma, gamma, bg=1.0):
     return rgb, alpha
 
 
-def test_soft_rasteriser_matches_the_per_pixel_formulas():
+@pytest.mark.parametrize("eps", [1e-4, 1e-2, 0.0])
+def test_soft_rasteriser_matches_the_per_pixel_formulas(eps):
     v, f, c = two_triangles()
     e = orbit_extrinsics(20.0, 15.0, 1.5)
-    out = S.rasterize(v, f, c, torch.from_numpy(K)[None], torch.from_numpy(e)[None], 8, 8, sigma=0.7, gamma=0.1)
-    rgb, alpha = naive(v, f, c, K, e, 8, 8, 0.7, 0.1)
+    out = S.rasterize(v, f, c, torch.from_numpy(K)[None], torch.from_numpy(e)[None], 8, 8, sigma=0.7, gamma=0.1, eps=eps)
+    rgb, alpha = naive(v, f, c, K, e, 8, 8, 0.7, 0.1, eps=eps)
     np.testing.assert_allclose(out["alpha"][0, 0].numpy(), alpha, atol=1e-9)
     np.testing.assert_allclose(out["rgb"][0].permute(1, 2, 0).numpy(), rgb, atol=1e-9)
     assert alpha.max() > 0.5 and alpha.min() < 0.05  # the triangles are in view, not everywhere
+
+
+def test_sparse_pairs_cover_every_face_a_pixel_sees_in_every_view():
+    # a sphere larger than the frame in one view (boxes clipped at the border), small in another;
+    # pixels far outside a face's box are where the cut-off matters: against the reference per pixel
+    sphere = trimesh.creation.icosphere(subdivisions=1, radius=0.5)
+    v = torch.tensor(np.asarray(sphere.vertices)) + torch.tensor([0.1, -0.05, 0.0], dtype=torch.float64)
+    f = torch.tensor(np.asarray(sphere.faces))
+    c = torch.rand(len(v), 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ks = [K.copy(), K.copy()]
+    ks[0][[0, 1], [0, 1]], ks[1][[0, 1], [0, 1]] = 25.0, 6.0
+    es = [orbit_extrinsics(10.0, 20.0, 1.3), orbit_extrinsics(140.0, -10.0, 1.6)]
+    out = S.rasterize(v, f, c, torch.from_numpy(np.stack(ks)), torch.from_numpy(np.stack(es)), 8, 8, sigma=0.5, gamma=0.05)
+    for view in range(2):
+        rgb, alpha = naive(v, f, c, ks[view], es[view], 8, 8, 0.5, 0.05)
+        # alpha: the rasteriser caps each coverage at 1 - 1e-6 (log1p stays finite), the reference does not
+        np.testing.assert_allclose(out["alpha"][view, 0].numpy(), alpha, atol=1e-6)
+        np.testing.assert_allclose(out["rgb"][view].permute(1, 2, 0).numpy(), rgb, atol=1e-9)
+    assert out["alpha"][0].min() > 0.75  # the close view is covered edge to edge (front and back faces)
+    assert out["alpha"][1].min() < 1e-3 < 0.99 < out["alpha"][1].max()
 
 
 def test_sharp_limit_is_the_hard_silhouette():

@@ -7,8 +7,8 @@
    consistency keeping the surface smooth (Magic3D's fine stage optimises a DMTet surface with
    the same kind of terms; here the mesh's connectivity is fixed).
 
-The coarse opacity grid is average-pooled to ``mesh_resolution`` before marching cubes: the
-rasteriser is dense in pixels x faces, so the fine mesh keeps to a few thousand faces.
+The coarse opacity grid is average-pooled to ``mesh_resolution`` before marching cubes, so the
+fine mesh keeps to a few thousand faces (a few faces per pixel of the prior's 32 px views).
 """
 
 from __future__ import annotations
