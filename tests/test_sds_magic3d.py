@@ -23,6 +23,23 @@ def test_coarse_mesh_of_a_ball_has_the_balls_volume_at_the_pooled_resolution():
     assert fine.volume == pytest.approx(ball, rel=0.15) and pooled.volume == pytest.approx(fine.volume, rel=0.1)
     assert len(pooled.faces) < 0.4 * len(fine.faces)
     assert M.coarse_mesh(VoxelField(FieldConfig(resolution=8)), 0.5, 8) is None  # fog: no surface
+    # resolution 0: exactly the mesh the coarse stage is scored on (distill.surface)
+    own = M.coarse_mesh(field, 0.5)
+    scored = D.surface(field, small_config(field=FieldConfig(resolution=r)))[0]
+    assert np.array_equal(own.faces, scored.faces) and np.allclose(own.vertices, scored.vertices)
+
+
+def test_largest_piece_keeps_the_bigger_of_two_balls():
+    r, bound = 32, 0.55
+    c = (np.arange(r) + 0.5) * (2 * bound / r) - bound
+    x, y, z = np.meshgrid(c, c, c, indexing="ij")
+    big = (0.25 - np.sqrt((x + 0.2) ** 2 + y**2 + z**2)) / (2 * bound / r) + 0.5
+    small = (0.1 - np.sqrt((x - 0.35) ** 2 + y**2 + z**2)) / (2 * bound / r) + 0.5
+    field = VoxelField.from_occupancy(np.clip(np.maximum(big, small), 0, 1), bound)
+    both, largest = M.coarse_mesh(field, 0.5), M.coarse_mesh(field, 0.5, largest_piece=True)
+    assert len(both.split(only_watertight=False)) == 2
+    assert largest.vertices[:, 0].max() < 0.1 < both.vertices[:, 0].max()  # the small ball (x = 0.35) is gone
+    assert largest.volume == pytest.approx(4 / 3 * math.pi * 0.25**3, rel=0.2)
 
 
 @pytest.mark.slow

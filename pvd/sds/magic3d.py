@@ -7,8 +7,11 @@
    consistency keeping the surface smooth (Magic3D's fine stage optimises a DMTet surface with
    the same kind of terms; here the mesh's connectivity is fixed).
 
-The coarse opacity grid is average-pooled to ``mesh_resolution`` before marching cubes, so the
-fine mesh keeps to a few thousand faces (a few faces per pixel of the prior's 32 px views).
+The fine stage starts, by default, from the very mesh the coarse stage is scored on (marching
+cubes on the field's own grid, every piece): the refinement's gain over its coarse stage is
+then what the refinement does, not what a coarser re-meshing loses. ``mesh_resolution`` pools
+the grid first (fewer faces) and ``largest_piece`` drops all but the largest connected piece;
+the val comparison of these choices is in tests/benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -18,15 +21,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import trimesh
-from skimage.measure import marching_cubes
 
 from pvd.sds import soft_raster
 from pvd.sds.distill import (Camera, DistillConfig, DistillResult, novel_camera, distill, score, score_distillation)
 from pvd.sds.prior import to_prior_image
 from pvd.sds.view_prior import ViewPrior, noise_process
-from pvd.sds.volume import sample_surface_points
+from pvd.sds.volume import extract_mesh, sample_surface_points
 
 
 @dataclass
@@ -34,7 +35,8 @@ class RefineConfig:
     """The fine stage. Loss weights of the input view and SDS come from the coarse DistillConfig."""
 
     iterations: int = 300
-    mesh_resolution: int = 32  # the coarse opacity grid pooled to this before marching cubes
+    mesh_resolution: int = 0  # 0: the field's own grid; else the opacity grid pooled to this before marching cubes
+    largest_piece: bool = False  # keep only the largest connected piece of the coarse mesh
     lr: float = 0.002  # Adam on the vertex offsets (world units)
     color_lr: float = 0.02  # Adam on the vertex colours' logits
     laplacian_weight: float = 50.0
@@ -44,8 +46,8 @@ class RefineConfig:
     gamma: float = 0.02
 
     def __post_init__(self) -> None:
-        if self.iterations < 0 or self.mesh_resolution < 4 or not 0 < self.t_max <= 1:
-            raise ValueError("refine needs iterations >= 0, mesh_resolution >= 4 and t_max in (0, 1]")
+        if self.iterations < 0 or not (self.mesh_resolution == 0 or self.mesh_resolution >= 4) or not 0 < self.t_max <= 1:
+            raise ValueError("refine needs iterations >= 0, mesh_resolution 0 or >= 4 and t_max in (0, 1]")
 
 
 @dataclass
@@ -58,21 +60,13 @@ class TwoStageResult:
     evaluations: int  # prior calls in both stages
 
 
-def coarse_mesh(field, surface_opacity: float, resolution: int) -> trimesh.Trimesh | None:
-    """The field's opacity grid, average-pooled (or trilinearly resampled) to ``resolution`` cells
-    per side, meshed by marching cubes at ``surface_opacity``; its largest connected piece."""
-    with torch.no_grad():
-        opacity = field.opacity_grid().float()
-        r = opacity.shape[0]
-        grid = opacity[None, None]
-        grid = (F.avg_pool3d(grid, r // resolution) if r % resolution == 0
-                else F.interpolate(grid, size=(resolution,) * 3, mode="trilinear", align_corners=False))
-        grid = grid[0, 0].double().cpu().numpy()
-    if not grid.max() > surface_opacity:
-        return None
-    verts, faces, _, _ = marching_cubes(np.pad(grid, 1), level=surface_opacity, gradient_direction="ascent")
-    cell = 2.0 * field.bound / resolution
-    mesh = trimesh.Trimesh(vertices=(verts - 0.5) * cell - field.bound, faces=faces, process=True)
+def coarse_mesh(field, surface_opacity: float, resolution: int = 0, largest_piece: bool = False) -> trimesh.Trimesh | None:
+    """The field's marching-cubes mesh at ``surface_opacity`` (:func:`pvd.sds.volume.extract_mesh`;
+    ``resolution`` pools the grid first, 0 keeps it); with ``largest_piece``, only its largest
+    connected piece. None when no cell reaches the level."""
+    mesh = extract_mesh(field, surface_opacity, resolution)
+    if mesh.is_empty or not largest_piece:
+        return None if mesh.is_empty else mesh
     parts = mesh.split(only_watertight=False)
     return max(parts, key=lambda m: len(m.faces)) if len(parts) > 1 else mesh
 
@@ -101,7 +95,7 @@ def refine(prior: ViewPrior, image: np.ndarray, camera: Camera, mesh: trimesh.Tr
     cond_view = ref.expand(cfg.novel_views, -1, -1, -1)
     soft = dict(sigma=rcfg.sigma, gamma=rcfg.gamma)
     seconds, evaluations, history = 0.0, 0, []
-    if ground_truth is not None:  # the mesh it starts from (pooled, largest piece): what the fine stage itself changes
+    if ground_truth is not None:  # the mesh it starts from: what the fine stage itself changes
         history.append({"iteration": 0, "seconds": 0.0,
                         **score(sample_surface_points(mesh, cfg.num_points, seed=cfg.seed), ground_truth)})
     for it in range(rcfg.iterations):
@@ -143,7 +137,7 @@ def two_stage(prior: ViewPrior, image: np.ndarray, camera: Camera, cfg: DistillC
     if coarse is None:
         coarse = distill(prior, image, camera, cfg, ground_truth=ground_truth,
                          eval_every=cfg.iterations if ground_truth is not None else 0, device=device)
-    mesh = coarse_mesh(coarse.field, cfg.surface_opacity, rcfg.mesh_resolution)
+    mesh = coarse_mesh(coarse.field, cfg.surface_opacity, rcfg.mesh_resolution, rcfg.largest_piece)
     if mesh is None:
         return TwoStageResult(coarse, None, None, [], coarse.seconds, coarse.evaluations)
     with torch.no_grad():  # vertex colours from the field's colour where it has a point query (points: grey)

@@ -387,15 +387,24 @@ def occupancy_from_points(points: Any, resolution: int, bound: float, close: int
     return solid | shell
 
 
-def extract_mesh(field, threshold: float = 0.5) -> trimesh.Trimesh:
+def extract_mesh(field, threshold: float = 0.5, resolution: int = 0) -> trimesh.Trimesh:
     """Marching cubes on a field's opacity grid (``opacity_grid()``, any representation) at ``threshold``.
 
+    resolution: 0 meshes the grid as it is; else the grid is average-pooled (or trilinearly
+    resampled when it does not divide) to that many cells per side first (fewer faces).
     Vertices are in world coordinates, faces wound outward (positive volume). The grid is
     padded with empty cells so that the surface closes at the cube's faces. A field with no
     cell above the threshold gives an empty mesh (``mesh.is_empty``) rather than an error.
     """
     with torch.no_grad():
-        opacity = field.opacity_grid().double().cpu().numpy()
+        opacity = field.opacity_grid()
+        r = opacity.shape[0]
+        if resolution and resolution != r:
+            grid = opacity.float()[None, None]
+            grid = (F.avg_pool3d(grid, r // resolution) if r % resolution == 0
+                    else F.interpolate(grid, size=(resolution,) * 3, mode="trilinear", align_corners=False))
+            opacity = grid[0, 0]
+        opacity = opacity.double().cpu().numpy()
     if not opacity.max() > threshold:
         return trimesh.Trimesh()
     padded = np.pad(opacity, 1)

@@ -1,7 +1,8 @@
 """What Magic3D's fine stage changes, per stage, from a magic3d run's records (``python -m pvd.sds
 --method magic3d ... --out DIR``, or a bench run's OUT/magic3d): the coarse SDS field, the mesh the
-fine stage starts from (the coarse field pooled, meshed and cleaned) and the refined mesh, each
-scored by the lifting command against the same 2048 truth points; paired 95% bootstrap intervals.
+fine stage starts from (the coarse field's marching-cubes mesh, pooled or cut to its largest
+piece when RefineConfig asks) and the refined mesh, each scored by the lifting command against
+the same 2048 truth points; paired 95% bootstrap intervals.
 
     python tests/benchmarks/magic3d_stages.py outputs/bench-test-lifting/magic3d
 """
@@ -17,7 +18,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from pvd.metrics.bootstrap import paired_bootstrap_ci  # noqa: E402
 
-STAGES = (("coarse SDS field", "coarse"), ("its mesh, pooled and cleaned", "mesh_start"), ("refined mesh", ""))
+STAGES = (("coarse SDS field", "coarse"), ("the mesh the fine stage starts from", "mesh_start"), ("refined mesh", ""))
 
 
 def main() -> int:
