@@ -190,6 +190,26 @@ def test_every_representation_fits_a_reference_view(kind):
     assert result.points is not None and result.points.shape == (512, 3)
 
 
+def test_point_centres_take_their_own_step():
+    # Adam's first step moves every parameter with a gradient by its group's lr exactly (m/sqrt(v) = +-1)
+    from test_sds_distill import K16, SIZE, box_field, render_rgba, small_config
+    ref = D.Camera(30.0, 25.0, 1.4, K16, SIZE)
+    image = render_rgba(box_field(), ref, SIZE)
+    start = GaussianPoints(FieldConfig(resolution=20), PointsConfig(count=256))
+    start.init_blob(0.3, 3.0)
+    for centre_lr, expected in ((1e-3, 1e-3), (None, 0.05)):
+        rep = Representation(kind="points", points=PointsConfig(count=256, centre_lr=centre_lr))
+        field = D.distill(None, image, ref, small_config(sds_weight=0.0, iterations=1, lr=0.05, representation=rep)).field
+        moved = (field.centre - start.centre).abs()
+        assert moved.max().item() == pytest.approx(expected, rel=1e-3), centre_lr
+        assert (field.log_scale - start.log_scale).abs().max().item() == pytest.approx(0.05, rel=1e-3)
+    points = GaussianPoints(FieldConfig(), PointsConfig(centre_lr=0.01))
+    grouped = [id(p) for g in points.param_groups(0.05) for p in g["params"]]
+    assert sorted(grouped) == sorted(id(p) for p in points.parameters())  # every parameter, once
+    with pytest.raises(ValueError, match="centre_lr"):
+        PointsConfig(centre_lr=0.0)
+
+
 def test_representation_options_are_checked():
     with pytest.raises(ValueError, match="representation must be one of"):
         Representation(kind="mesh")

@@ -163,7 +163,8 @@ def distill(prior: ViewPrior | None, image: np.ndarray, camera: Camera, cfg: Dis
         field.init_blob(cfg.blob_radius, cfg.blob_depth)
     else:
         field.init_occupancy(torch.as_tensor(init_occupancy, dtype=torch.bool), cfg.blob_depth)
-    opt = torch.optim.Adam(field.parameters(), lr=cfg.lr)
+    groups = getattr(field, "param_groups", None)  # a representation whose parameters need their own steps
+    opt = torch.optim.Adam(groups(cfg.lr) if groups is not None else field.parameters(), lr=cfg.lr)
 
     ref_k, ref_e = (x.to(device) for x in camera.tensors(cfg.ref_size))
     ref = to_prior_image(image[None], cfg.ref_size).to(device)  # (1, 4, R, R), white background, [-1, 1]
