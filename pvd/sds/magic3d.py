@@ -65,8 +65,10 @@ def coarse_mesh(field, surface_opacity: float, resolution: int = 0, largest_piec
     ``resolution`` pools the grid first, 0 keeps it); with ``largest_piece``, only its largest
     connected piece. None when no cell reaches the level."""
     mesh = extract_mesh(field, surface_opacity, resolution)
-    if mesh.is_empty or not largest_piece:
-        return None if mesh.is_empty else mesh
+    if mesh.is_empty:
+        return None
+    if not largest_piece:
+        return mesh
     parts = mesh.split(only_watertight=False)
     return max(parts, key=lambda m: len(m.faces)) if len(parts) > 1 else mesh
 

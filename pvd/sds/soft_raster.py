@@ -56,6 +56,11 @@ def _edge_distance(p: Tensor, a: Tensor, b: Tensor) -> Tensor:
     return (p - closest).norm(dim=-1)
 
 
+def _cross(p: Tensor, q: Tensor, r: Tensor) -> Tensor:
+    """Twice the signed area of the screen triangles (p, q, r), each (..., 2)."""
+    return (q[..., 0] - p[..., 0]) * (r[..., 1] - p[..., 1]) - (q[..., 1] - p[..., 1]) * (r[..., 0] - p[..., 0])
+
+
 def _candidate_pairs(uv: Tensor, usable: Tensor, height: int, width: int, margin: float) -> tuple[Tensor, Tensor]:
     """Every (pixel, face) pair whose pixel centre lies in the face's screen box grown by ``margin``
     pixels: the only pairs whose coverage can reach the cut-off (no gradient; the box is a bound).
@@ -102,9 +107,7 @@ def rasterize(vertices: Tensor, faces: Tensor, colors: Tensor, intrinsics: Tenso
                       k[:, None, 1, 1] * cam[..., 1] / z + k[:, None, 1, 2]], -1)  # (B, V, 2)
     tri, tri_z = uv[:, faces], z[:, faces]  # (B, F, 3, 2), (B, F, 3)
     with torch.no_grad():
-        a, b, c = tri.unbind(2)
-        twice_area = (b[..., 0] - a[..., 0]) * (c[..., 1] - a[..., 1]) - (b[..., 1] - a[..., 1]) * (c[..., 0] - a[..., 0])
-        usable = (twice_area.abs() > 1e-9) & (cam[:, faces, 2] > NEAR).all(-1)
+        usable = (_cross(*tri.unbind(2)).abs() > 1e-9) & (cam[:, faces, 2] > NEAR).all(-1)
         cutoff = math.log(1 / eps - 1) if 0 < eps < 0.5 else math.inf  # sigmoid(-sq) < eps beyond sq = cutoff
         margin = sigma * math.sqrt(cutoff) if math.isfinite(cutoff) else float(max(height, width))
         pid, fid = _candidate_pairs(tri, usable, height, width, margin)
@@ -112,12 +115,8 @@ def rasterize(vertices: Tensor, faces: Tensor, colors: Tensor, intrinsics: Tenso
     p = (pid % pixels).to(like.dtype)
     p = torch.stack([p % width, torch.div(p, width, rounding_mode="floor")], -1) + 0.5  # (E, 2) as (x, y)
     a, b, c = tri.unbind(1)
-
-    def cross(p, q, r):
-        return (q[..., 0] - p[..., 0]) * (r[..., 1] - p[..., 1]) - (q[..., 1] - p[..., 1]) * (r[..., 0] - p[..., 0])
-
-    area = cross(a, b, c)
-    w0, w1 = cross(p, b, c) / area, cross(a, p, c) / area
+    area = _cross(a, b, c)
+    w0, w1 = _cross(p, b, c) / area, _cross(a, p, c) / area
     bary = torch.stack([w0, w1, 1 - w0 - w1], -1)  # (E, 3)
     inside = (bary > 0).all(-1)
     dist = torch.minimum(torch.minimum(_edge_distance(p, a, b), _edge_distance(p, b, c)), _edge_distance(p, c, a))

@@ -41,10 +41,10 @@ def main() -> int:
     diffs = differences(rows, base)
     print(f"| {base} minus | shapes | " + " | ".join(f"d {k}" for k in DIFF_METRICS) + " |")
     print("|---|---:|" + "---|" * len(DIFF_METRICS))
+    scale = {"cd": 1e3}  # CD in units of 1e-3, as the bench's tables
     for other in list(rows)[1:]:
         shared = sum(n in rows[other] for n in rows[base])
         cells = {d["metric"]: d for d in diffs if d["b"] == other}
-        scale = {"cd": 1e3}
         text = [f"{cells[k]['mean'] * scale.get(k, 1):+.3f} [{cells[k]['low'] * scale.get(k, 1):+.3f}, "
                 f"{cells[k]['high'] * scale.get(k, 1):+.3f}]" if k in cells else "-" for k in DIFF_METRICS]
         print(f"| {other} | {shared} | " + " | ".join(text) + " |")
