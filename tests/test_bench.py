@@ -60,7 +60,7 @@ def args(models, out, *extra):
             "--sds", models["prior"], "--pfid", models["pfid"], "--embedder", models["evaluator"], "--out", str(out), "--num", "2", "--sds-num", "1",
             "--sampler", "ddim", "--steps", "2", "--steps-curve", "ddim:1,2", "--guidance-curve", "1,2",
             "--curve-num", "2", "--batch", "2", "--latency-shapes", "1", "--throughput-batches", "1,2", "--workers", "1",
-            "--sds-set", "iterations=2", "field.resolution=12", "ref_size=16", "num_samples=8", "num_points=200",
+            "--sds-set", "representation.kind=voxel", "iterations=2", "field.resolution=12", "ref_size=16", "num_samples=8", "num_points=200",
             "--lifting", "sds", "multiview", "magic3d", "--multiview-args", "--views 2 --steps 2",
             "--refine-set", "iterations=2", "mesh_resolution=8", *extra]
 
@@ -93,7 +93,8 @@ def test_every_output_is_written_with_finite_consistent_numbers(first):
         assert result["cost"]["methods"][method]["network_evaluations_per_shape"] > 0
     assert result["cost"]["methods"]["multiview"]["network_evaluations_per_shape"] == 4  # 2 views x 2 DDIM steps
     assert result["cost"]["methods"]["magic3d"]["network_evaluations_per_shape"] == 4  # 2 coarse + 2 fine iterations
-    # Magic3D refined the SDS run's field (same settings) instead of repeating it: its coarse scores are SDS's
+    # Magic3D refined the SDS run's field (same settings: both on the grid here) instead of repeating it:
+    # its coarse scores are SDS's
     (m3d,) = [json.loads(f.read_text()) for f in (first / "magic3d" / "records").glob("*.json")]
     sds = json.loads((first / "sds" / "records" / f"{m3d['name']}.json").read_text())
     assert m3d["coarse_from"] == str(first / "sds" / f"{m3d['name']}.field.pt")

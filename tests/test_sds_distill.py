@@ -288,6 +288,22 @@ def test_command_over_a_dataset_writes_every_output_and_skips_finished_shapes(pi
     assert not list(out.glob("*.tmp*")) and not list(out.glob(".*"))
 
 
+def test_each_method_starts_from_the_representation_chosen_for_it():
+    from pvd.sds.__main__ import build_parser, make_config
+    from pvd.sds.methods import magic3d_reuses_sds, method_config
+
+    def kind(*argv):
+        return make_config(build_parser().parse_args(["--image", "x.png", *argv])).representation.kind
+
+    assert (kind(), kind("--method", "multiview"), kind("--method", "magic3d")) == ("points", "voxel", "voxel")
+    assert kind("--representation", "nerf") == "nerf" and kind("--set", "representation.kind=voxel") == "voxel"
+    fit = method_config("multiview", [])
+    assert fit.sds_weight == 0 and fit.iterations == 400  # the multi-view fit's own defaults survive
+    # Magic3D refines SDS's saved fields only when its coarse stage is that very run
+    assert not magic3d_reuses_sds([]) and magic3d_reuses_sds(["representation.kind=voxel", "iterations=5"])
+    assert magic3d_reuses_sds(["representation.kind=nerf"])  # any representation named for both
+
+
 @pytest.mark.parametrize("args, message", [
     ([], "give either --image"),
     (["--image", "missing.png", "--sds-weight", "0"], "no such image file"),

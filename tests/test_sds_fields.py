@@ -244,3 +244,55 @@ def test_a_network_started_from_occupancy_returns_to_the_blob_on_init_blob():
     nerf.init_blob(0.3, 3.0)
     voxel.init_blob(0.3, 3.0)
     torch.testing.assert_close(nerf.opacity_grid(), voxel.opacity_grid().detach(), atol=1e-6, rtol=1e-5)
+
+
+# ---- the network's empty-space skipping ---------------------------------------------------
+
+def test_occupancy_grid_marks_opaque_cells_and_their_neighbours():
+    occ = torch.zeros(12, 12, 12, dtype=torch.bool)
+    occ[2:6, 3:9, 4:7] = True
+    nerf = NerfField(CFG, NerfConfig(levels=(4, 8), occupancy_every=5, occupancy_threshold=0.05))
+    nerf.init_occupancy(occ, 3.0)  # fog (opacity 0.0067) elsewhere: below the threshold
+    nerf.refresh_occupancy(3)
+    assert nerf.occupancy is None  # only every 5th iteration
+    nerf.refresh_occupancy(10)
+    dilated = torch.zeros_like(occ)
+    dilated[1:7, 2:10, 3:8] = True
+    assert torch.equal(nerf.occupancy, dilated)
+    # a point is looked up in the cell that holds it (naive: nearest cell centre)
+    points = (torch.rand(500, 3, generator=torch.Generator().manual_seed(1)) * 2 - 1) * 0.55
+    centres = volume.cell_centres(12, 0.55).view(-1, 3)
+    nearest = torch.cdist(points, centres).argmin(-1)
+    assert torch.equal(nerf.occupied(points), dilated.view(-1)[nearest])
+
+
+def test_skipping_renders_the_field_with_empty_cells_zeroed():
+    torch.manual_seed(0)
+    nerf = NerfField(CFG, NerfConfig(levels=(4, 8)))
+    nerf.init_blob(0.3, 3.0)
+    with torch.no_grad():
+        for q in nerf.mlp.parameters():
+            q.add_(torch.randn_like(q) * 0.1)
+    k = torch.tensor([[[20.0, 0, 8], [0, 20, 8], [0, 0, 1]]])
+    e = torch.from_numpy(orbit_extrinsics(30.0, 25.0, 1.4)).float()[None]
+    full = nerf.render(k, e, 16, 16, num_samples=24, normals=True)
+    nerf.occupancy = torch.ones(12, 12, 12, dtype=torch.bool)
+    for key, value in nerf.render(k, e, 16, 16, num_samples=24, normals=True).items():
+        torch.testing.assert_close(value, full[key], atol=1e-6, rtol=1e-5)
+    # half the cube marked: the same as a field whose density is zero in the other half
+    nerf.occupancy[:, :, 6:] = False
+    skipped = nerf.render(k, e, 16, 16, num_samples=24, normals=True)
+    query, occupied = nerf.query, nerf.occupied
+    nerf.occupied = lambda p: None
+
+    def zeroed(p, normals=False):
+        out = query(p, normals=normals)
+        return (torch.where(occupied(p), out[0], 0.0), *out[1:])
+
+    nerf.query = zeroed
+    reference = nerf.render(k, e, 16, 16, num_samples=24, normals=True)
+    assert (skipped["alpha"] - full["alpha"]).abs().max() > 0.05  # the test can tell them apart
+    for key, value in skipped.items():
+        torch.testing.assert_close(value, reference[key], atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="occupancy_every"):
+        NerfConfig(occupancy_every=-1)

@@ -8,6 +8,7 @@ import pytest
 
 from pvd.sds import distill as D
 from pvd.sds import magic3d as M
+from pvd.sds.prior import to_prior_image
 from pvd.sds.volume import FieldConfig, VoxelField, sample_surface_points
 from test_sds_distill import K16, SIZE, OraclePrior, box_field, render_rgba, small_config
 
@@ -79,6 +80,8 @@ def test_two_stages_count_both_stages():
     assert result.seconds >= result.coarse.seconds and math.isfinite(result.history[-1]["cd"])
     with pytest.raises(ValueError):
         M.RefineConfig(mesh_resolution=2)
+    with pytest.raises(ValueError, match="ref_size"):
+        M.RefineConfig(ref_size=-1)
 
 
 def test_a_saved_coarse_stage_gives_the_same_two_stages_and_refuses_other_settings(tmp_path):
@@ -100,3 +103,37 @@ def test_a_saved_coarse_stage_gives_the_same_two_stages_and_refuses_other_settin
     np.testing.assert_allclose(reused.points, full.points, atol=1e-6)
     with pytest.raises(ValueError, match="seed"):
         D.load_result(tmp_path / "a.field.pt", small_config(iterations=12, sds_weight=1.0, guidance=1.0, seed=5), ref)
+    # another representation's options cannot have changed a grid: they do not block it; the kind does
+    from pvd.sds.fields import NerfConfig, PointsConfig, Representation
+    other = Representation(nerf=NerfConfig(occupancy_every=3), points=PointsConfig(count=7))
+    D.read_saved(tmp_path / "a.field.pt", small_config(iterations=12, sds_weight=1.0, guidance=1.0, representation=other))
+    with pytest.raises(ValueError, match="representation.kind"):
+        D.read_saved(tmp_path / "a.field.pt", small_config(iterations=12, sds_weight=1.0, guidance=1.0,
+                                                           representation=Representation(kind="points")))
+
+
+def test_the_oracle_fine_stage_fits_the_truths_views_at_the_size_asked():
+    # no prior at all: novel views' silhouettes fitted to the truth's (the resolution ablation's
+    # oracle); each call asks for the size given (the input view at its own 32 px), and the bumpy
+    # surface gets closer to the truth
+    import trimesh
+    truth, ref = box_field(), D.Camera(90.0, 25.0, 1.4, K16, SIZE)
+    image = render_rgba(truth, ref, 32)
+    gt = D.surface(truth, small_config())[1]
+    mesh = M.coarse_mesh(truth, 0.5, 14)
+    rng = np.random.default_rng(0)
+    bumpy = trimesh.Trimesh(mesh.vertices + mesh.vertex_normals * rng.normal(0, 0.06, (len(mesh.vertices), 1)), mesh.faces,
+                            process=False)
+    asked = []
+
+    def targets(cams, size):
+        asked.append(size)
+        return (to_prior_image(np.stack([render_rgba(truth, c, size) for c in cams]), size)[:, 3:] + 1) / 2
+
+    cfg = small_config(seed=0, ref_size=32)
+    refined, history, _, evaluations = M.refine(None, image, ref, bumpy, np.full((len(bumpy.vertices), 3), 0.5), cfg,
+                                                M.RefineConfig(iterations=30, lr=0.005, laplacian_weight=1.0, ref_size=32),
+                                                ground_truth=gt, novel_targets=targets, size=16)
+    assert evaluations == 0 and set(asked) == {16} and len(asked) == 30
+    assert history[-1]["cd"] < 0.9 * history[0]["cd"], history
+

@@ -30,10 +30,12 @@ from pvd.bench.report import conventions_record, csv_text, markdown
 from pvd.bench.scoring import Surface, mesh_surface, reduce_points, score_method, stored_surface
 from pvd.bench.semantic import default_embedder, semantic_quality
 from pvd.bench.training import training_log
+from pvd.config import to_dict
 from pvd.errors import UserError
 from pvd.regressor import load_regressor
 from pvd.metrics.bootstrap import bootstrap_mean_ci
 from pvd.runtime import pick_device
+from pvd.sds.methods import magic3d_reuses_sds, method_config
 
 
 def check_settings(out: Path, settings: dict[str, Any]) -> None:
@@ -219,6 +221,8 @@ def run_benchmark(args: argparse.Namespace, argv: list[str]) -> int:
 
     settings = {"data": file_identity(args.data), "pvd": single.describe(), "ablation": ablation.describe() if ablation else None,
                 "sds": str(Path(args.sds).resolve()) if args.sds else None, "sds_set": args.sds_set,
+                # the effective lifting configs, so a folder made under other method defaults is refused
+                "lifting_configs": {m: to_dict(method_config(m, args.sds_set)) for m in args.lifting} if args.sds else None,
                 "lifting": list(args.lifting), "multiview_args": args.multiview_args, "refine_set": args.refine_set,
                 "split": args.split,
                 "view": view, "points": k, "seed": args.seed, "batch": args.batch, "sampler": dataclasses.asdict(spec),
@@ -240,9 +244,11 @@ def run_benchmark(args: argparse.Namespace, argv: list[str]) -> int:
                                             out / "samples" / f"ablation@{spec.label}", "ablation")
     lifted: dict[str, dict[str, dict[str, Any]]] = {}
     if args.sds and args.sds_num > 0:
-        # SDS first: Magic3D's coarse stage is that SDS run (same settings), so it refines SDS's fields
+        # SDS first: where Magic3D's coarse stage has the SDS run's settings (both on the grid), it
+        # refines SDS's fields instead of repeating them; by default SDS optimises points and it does not
+        reuse = "sds" in args.lifting and magic3d_reuses_sds(args.sds_set)
         for method in sorted(args.lifting, key=lambda m: m != "sds"):
-            coarse_from = out / "sds" if method == "magic3d" and "sds" in args.lifting else None
+            coarse_from = out / "sds" if method == "magic3d" and reuse else None
             lifted[method] = run_lifting(args, data, device, out / method, method, coarse_from=coarse_from)
             outputs[method] = {name: v["points"] for name, v in lifted[method].items()}
 

@@ -61,6 +61,7 @@ from pvd.sds.multiview import ORDERS as M_ORDERS
 from pvd.sds.multiview import WEIGHTINGS as M_WEIGHTINGS
 from pvd.sds.fields import REPRESENTATIONS
 from pvd.sds.magic3d import RefineConfig, two_stage
+from pvd.sds.methods import METHODS, method_config
 from pvd.sds.multiview import MultiViewConfig, reconstruct
 
 GT_POINTS = 2048  # ground-truth points scored against (a fixed, seeded subset of the stored cloud)
@@ -80,11 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--azimuth", type=float, default=0.0, help="a photo's assumed camera (degrees)")
     p.add_argument("--elevation", type=float, default=27.5)
     p.add_argument("--distance", type=float, default=1.4)
-    p.add_argument("--method", choices=("sds", "multiview", "magic3d"), default="sds",
+    p.add_argument("--method", choices=METHODS, default="sds",
                    help="sds: score distillation; multiview: generate --views views, then fit them (no prior calls in "
                         "the fit); magic3d: SDS, then its mesh refined under the prior (--refine-set)")
     p.add_argument("--representation", choices=REPRESENTATIONS, default=None,
-                   help="what is optimised: voxel grid (default), coordinate network (nerf) or Gaussian points")
+                   help="what is optimised: voxel grid, coordinate network (nerf) or Gaussian points (default: sds "
+                        "points, multiview and magic3d's coarse stage voxel; chosen on val)")
     p.add_argument("--refine-set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="magic3d: RefineConfig fields of the fine stage, e.g. iterations=300 laplacian_weight=50")
     p.add_argument("--coarse-from", metavar="DIR",
@@ -113,9 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def make_config(args) -> DistillConfig:
-    """The optimisation's config: the SDS run's, or under --method multiview the fit's (SDS off)."""
-    base = MultiViewConfig().fit if args.method == "multiview" else DistillConfig()
-    cfg = apply_overrides(base, args.set)
+    """The optimisation's config from the command line (see :func:`pvd.sds.methods.method_config`)."""
+    cfg = method_config(args.method, args.set)
     for key in ("iterations", "sds_weight", "guidance", "seed"):
         if getattr(args, key) is not None:
             setattr(cfg, key, getattr(args, key))

@@ -42,7 +42,7 @@ from pvd.metrics import chamfer_distance, f_score
 from pvd.sds import volume
 from pvd.sds.prior import camera_pair, to_prior_image
 from pvd.sds.view_prior import ViewPrior, noise_process
-from pvd.sds.fields import RadianceField, Representation, make_field
+from pvd.sds.fields import REPRESENTATIONS, RadianceField, Representation, make_field
 from pvd.sds.volume import FieldConfig
 
 
@@ -186,8 +186,11 @@ def distill(prior: ViewPrior | None, image: np.ndarray, camera: Camera, cfg: Dis
         cond_view = to_prior_image(image[None], size).to(device).expand(cfg.novel_views, -1, -1, -1)
     history: list[dict[str, float]] = []
     seconds, evaluations = 0.0, 0
+    refresh_occupancy = getattr(field, "refresh_occupancy", None)  # the network's empty-space skipping
     for it in range(cfg.iterations):
         tic = time.perf_counter()
+        if refresh_occupancy is not None:
+            refresh_occupancy(it)
         out = field.render(ref_k, ref_e, cfg.ref_size, cfg.ref_size, num_samples=cfg.num_samples, generator=dev,
                            normals=use_normals)
         loss = cfg.rgb_weight * (out["rgb"] - ref_rgb).square().mean() + cfg.mask_weight * (out["alpha"] - ref_alpha).square().mean()
@@ -321,6 +324,9 @@ def read_saved(path, cfg: DistillConfig) -> dict:
     """A :func:`save_result` file's contents; ValueError unless it was made with ``cfg``."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     saved, wanted = _flat(json.loads(state["config"])), _flat(to_dict(cfg))
+    # the options of the representations not optimised cannot have changed the field
+    others = tuple(f"representation.{k}." for k in REPRESENTATIONS if k != cfg.representation.kind)
+    saved, wanted = ({k: v for k, v in d.items() if not k.startswith(others)} for d in (saved, wanted))
     differ = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
     if differ:
         raise ValueError(f"{path} was optimised with other settings ({', '.join(differ[:4])}"

@@ -4,7 +4,8 @@
   memory cubic in the resolution;
 - ``nerf``: a coordinate network (NeRF): a small MLP on a multi-resolution dense feature-grid
   encoding (Instant-NGP's levels without the hash; the levels' sizes bound its memory) or on
-  NeRF's frequency encoding, volume-rendered by the same renderer as the grid;
+  NeRF's frequency encoding, volume-rendered by the same renderer as the grid, which skips the
+  samples in cells its occupancy grid marks empty (Instant-NGP's empty-space skipping);
 - ``points``: differentiable points, isotropic 3D Gaussians splatted front to back (3D Gaussian
   splatting's compositing with a screen-space isotropic footprint): memory linear in the count.
 
@@ -69,6 +70,13 @@ class NerfConfig:
     frequencies: int = 6  # frequency encoding: octaves (NeRF uses 10 for positions)
     hidden: int = 64
     layers: int = 2  # hidden layers
+    # Empty-space skipping (Instant-NGP's occupancy grid): every ``occupancy_every`` iterations the
+    # FieldConfig grid's cells are marked where their opacity exceeds ``occupancy_threshold``
+    # (dilated by a cell, so surfaces can grow), and rendering queries the network only at samples
+    # in marked cells; the rest count as empty. The threshold sits below the start's fog (0.0067
+    # per cell), so a cell is skipped only once the losses have emptied it. 0: query every sample.
+    occupancy_every: int = 16
+    occupancy_threshold: float = 1e-3
 
     def __post_init__(self) -> None:
         self.levels = tuple(self.levels)
@@ -78,6 +86,8 @@ class NerfConfig:
             raise ValueError("nerf needs levels >= 2, features >= 1 and frequencies >= 1")
         if self.hidden < 1 or self.layers < 1:
             raise ValueError("nerf needs hidden >= 1 and layers >= 1")
+        if self.occupancy_every < 0 or not 0 <= self.occupancy_threshold < 1:
+            raise ValueError("nerf needs occupancy_every >= 0 and occupancy_threshold in [0, 1)")
 
 
 @dataclass
@@ -158,6 +168,8 @@ class NerfField(nn.Module):
         self.blob = (0.0, 1.0)  # (radius, depth): none until init_blob
         # (1, 1, R, R, R) fixed raw density: init_occupancy's start; saved with the blob as extra state
         self.register_buffer("start_raw", None, persistent=False)
+        # (R, R, R) bool over the FieldConfig grid, None until refresh_occupancy: query everything
+        self.register_buffer("occupancy", None, persistent=False)
 
     bound = property(lambda self: self.config.bound)
     voxel_size = property(lambda self: 2.0 * self.config.bound / self.config.resolution)
@@ -220,6 +232,23 @@ class NerfField(nn.Module):
 
     def render(self, intrinsics: Tensor, extrinsics: Tensor, height: int, width: int, **options) -> dict[str, Tensor]:
         return volume.render(self, intrinsics, extrinsics, height, width, **options)
+
+    def refresh_occupancy(self, iteration: int) -> None:
+        """At every ``occupancy_every``-th iteration (the lifting loop calls this before each
+        step), mark the cells whose opacity exceeds the threshold, dilated by one cell."""
+        every = self.nerf.occupancy_every
+        if not every or iteration % every:
+            return
+        marked = (self.opacity_grid() > self.nerf.occupancy_threshold).float()[None, None]
+        self.occupancy = F.max_pool3d(marked, 3, stride=1, padding=1)[0, 0] > 0
+
+    def occupied(self, points: Tensor) -> Tensor | None:
+        """(...) bool: whether world points (..., 3) lie in a marked cell (None: no grid yet, all do)."""
+        if self.occupancy is None:
+            return None
+        r = self.occupancy.shape[0]
+        cell = ((points / self.bound + 1) * (0.5 * r)).floor().long().clamp_(0, r - 1)
+        return self.occupancy[cell[..., 0], cell[..., 1], cell[..., 2]]
 
     @property
     def density(self) -> Tensor:  # what volume.render reads the dtype and device from

@@ -17,11 +17,13 @@ the val comparison of these choices is in tests/benchmarks/README.md.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import trimesh
+from torch import Tensor
 
 from pvd.sds import soft_raster
 from pvd.sds.distill import (Camera, DistillConfig, DistillResult, novel_camera, distill, score, score_distillation)
@@ -42,12 +44,15 @@ class RefineConfig:
     laplacian_weight: float = 50.0
     normal_weight: float = 1.0
     t_max: float = 0.5  # the fine stage samples t in [t_min, t_max]: detail, not layout (Magic3D's fine range)
+    ref_size: int = 0  # the input view's rendering size (0: the prior's, like the novel views; 64: the input's own)
     sigma: float = 0.25  # soft rasteriser edge width (pixels): wider lets a dense mesh's many faces bleed past its outline
     gamma: float = 0.02
 
     def __post_init__(self) -> None:
         if self.iterations < 0 or not (self.mesh_resolution == 0 or self.mesh_resolution >= 4) or not 0 < self.t_max <= 1:
             raise ValueError("refine needs iterations >= 0, mesh_resolution 0 or >= 4 and t_max in (0, 1]")
+        if self.ref_size < 0:
+            raise ValueError("refine needs ref_size >= 0 (0: the prior's size)")
 
 
 @dataclass
@@ -73,13 +78,17 @@ def coarse_mesh(field, surface_opacity: float, resolution: int = 0, largest_piec
     return max(parts, key=lambda m: len(m.faces)) if len(parts) > 1 else mesh
 
 
-def refine(prior: ViewPrior, image: np.ndarray, camera: Camera, mesh: trimesh.Trimesh, colors: np.ndarray,
+def refine(prior: ViewPrior | None, image: np.ndarray, camera: Camera, mesh: trimesh.Trimesh, colors: np.ndarray,
            cfg: DistillConfig, rcfg: RefineConfig, *, ground_truth: np.ndarray | None = None,
-           device: torch.device | str = "cpu") -> tuple[trimesh.Trimesh, list[dict[str, float]], float, int]:
+           device: torch.device | str = "cpu", novel_targets: Callable[[list[Camera], int], Tensor] | None = None,
+           size: int | None = None) -> tuple[trimesh.Trimesh, list[dict[str, float]], float, int]:
     """Offset and recolour ``mesh``'s vertices under the prior (see the module docstring).
 
     colors: (V, 3) initial vertex colours in (0, 1). Returns (refined mesh, history, seconds,
     prior evaluations). Streams as in distill: cameras and t on the host, noise on the device.
+    novel_targets (an oracle for ablations): cameras, size -> (B, 1, S, S) silhouettes in [0, 1]
+    that the novel views' alpha is fitted to, with the input view's mask weight, instead of SDS;
+    size: the rendering resolution (default the prior's; needed when there is no prior).
     """
     device = torch.device(device)
     host = torch.Generator().manual_seed(cfg.seed + 7)
@@ -89,12 +98,14 @@ def refine(prior: ViewPrior, image: np.ndarray, camera: Camera, mesh: trimesh.Tr
     offsets = torch.zeros_like(v0, requires_grad=True)
     logits = torch.logit(torch.as_tensor(colors, dtype=torch.float32).clamp(1e-3, 1 - 1e-3)).to(device).requires_grad_(True)
     opt = torch.optim.Adam([{"params": [offsets], "lr": rcfg.lr}, {"params": [logits], "lr": rcfg.color_lr}])
-    size = prior.image_size
-    diffusion = noise_process(prior)
-    ref = to_prior_image(image[None], size).to(device)
+    size = size or prior.image_size
+    use_sds = cfg.sds_weight > 0 and novel_targets is None
+    diffusion = noise_process(prior) if use_sds else None
+    ref_size = rcfg.ref_size or size
+    ref = to_prior_image(image[None], ref_size).to(device)
     ref_rgb, ref_alpha = (ref[:, :3] + 1) / 2, (ref[:, 3:] + 1) / 2
-    ref_k, ref_e = (x.to(device) for x in camera.tensors(size))
-    cond_view = ref.expand(cfg.novel_views, -1, -1, -1)
+    ref_k, ref_e = (x.to(device) for x in camera.tensors(ref_size))
+    cond_view = to_prior_image(image[None], size).to(device).expand(cfg.novel_views, -1, -1, -1)
     soft = dict(sigma=rcfg.sigma, gamma=rcfg.gamma)
     seconds, evaluations, history = 0.0, 0, []
     if ground_truth is not None:  # the mesh it starts from: what the fine stage itself changes
@@ -103,13 +114,16 @@ def refine(prior: ViewPrior, image: np.ndarray, camera: Camera, mesh: trimesh.Tr
     for it in range(rcfg.iterations):
         tic = time.perf_counter()
         verts, colors_now = v0 + offsets, torch.sigmoid(logits)
-        out = soft_raster.rasterize(verts, faces, colors_now, ref_k, ref_e, size, size, **soft)
+        out = soft_raster.rasterize(verts, faces, colors_now, ref_k, ref_e, ref_size, ref_size, **soft)
         loss = cfg.rgb_weight * (out["rgb"] - ref_rgb).square().mean() + cfg.mask_weight * (out["alpha"] - ref_alpha).square().mean()
-        if cfg.sds_weight > 0:
+        if use_sds or novel_targets is not None:
             cams = [novel_camera(camera, cfg, host) for _ in range(cfg.novel_views)]
             ks, es = zip(*(c.tensors(size) for c in cams))
             novel = soft_raster.rasterize(verts, faces, colors_now, torch.cat(ks).to(device), torch.cat(es).to(device),
                                           size, size, **soft)
+        if novel_targets is not None:
+            loss = loss + cfg.mask_weight * (novel["alpha"] - novel_targets(cams, size).to(device)).square().mean()
+        elif use_sds:
             x = torch.cat([novel["rgb"], novel["alpha"]], 1) * 2 - 1
             loss = loss + cfg.sds_weight * score_distillation(prior, diffusion, x, cond_view, camera, cams,
                                                               (cfg.t_min, rcfg.t_max), cfg, host, dev)

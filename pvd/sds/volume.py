@@ -256,7 +256,9 @@ def render(field: VoxelField, intrinsics: Tensor, extrinsics: Tensor, height: in
     its chord through the cube, one per equal bin: at the bin midpoints, or uniformly jittered
     within each bin (stratified) when a ``generator`` is given. NeRF's quadrature with the bin
     width as delta: alpha_i = 1 - exp(-sigma_i delta_i), T_i = prod_{j<i} (1 - alpha_j),
-    w_i = T_i alpha_i. background: a float or (3,) RGB behind the field; chunk: rays per
+    w_i = T_i alpha_i. A field with an ``occupied(points) -> bool mask`` method (the coordinate
+    network's occupancy grid) is queried only where the mask is set; other samples have
+    sigma = 0. background: a float or (3,) RGB behind the field; chunk: rays per
     batch of samples (bounds the memory of no-grad renders; with grad the graph keeps all).
     Returns dict(rgb (B, 3, H, W) composited on the background, alpha (B, 1, H, W) = sum w_i,
     depth (B, 1, H, W) = sum w_i z_i, the expected camera-z depth not normalised by alpha
@@ -283,7 +285,12 @@ def render(field: VoxelField, intrinsics: Tensor, extrinsics: Tensor, height: in
         u = (torch.rand(len(width_), num_samples, generator=generator, dtype=like.dtype, device=like.device)
              if generator is not None else 0.5)
         t = near[sl, None] + (offsets + u) * width_[:, None]  # (n, S)
-        queried = field.query(o[sl, None] + t[..., None] * d[sl, None], normals=normals)
+        points = o[sl, None] + t[..., None] * d[sl, None]  # (n, S, 3)
+        keep = field.occupied(points) if hasattr(field, "occupied") else None
+        if keep is None:
+            queried = field.query(points, normals=normals)
+        else:  # empty-space skipping: samples outside the field's occupied cells are empty (weight 0)
+            queried = tuple(_expand(keep, part) for part in field.query(points[keep], normals=normals))
         sigma, rgb = queried[:2]
         tau = sigma * width_[:, None]
         through = torch.cumsum(tau, -1)
@@ -304,6 +311,13 @@ def render(field: VoxelField, intrinsics: Tensor, extrinsics: Tensor, height: in
     out = {"rgb": image(rgb_out, 3), "alpha": image(alpha_out, 1), "depth": image(depth_out, 1)}
     if normals:
         out.update(normal=image(normal_out, 3), orientation=image(orient_out, 1))
+    return out
+
+
+def _expand(keep: Tensor, values: Tensor) -> Tensor:
+    """Values (M, ...) at the M set entries of ``keep`` (n, S) -> (n, S, ...), zero elsewhere."""
+    out = values.new_zeros(*keep.shape, *values.shape[1:])
+    out[keep] = values
     return out
 
 
