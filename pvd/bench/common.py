@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from pvd.io import atomic_path
+from pvd.sds.methods import METHODS
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository: train.py and the pvd package
 TRUTH_POINTS = 2048  # ground-truth points per shape (PointFlow's held-out slice)
@@ -22,7 +23,7 @@ EMD_POINTS = 512  # exact EMD (per shape and the distribution metrics) on the fi
 THRESHOLDS = {"1": 0.01, "2": 0.02}  # F-score distances, fractions of the truth's box diagonal
 EXPLODED, COLLAPSED = 2.0, 0.25  # output / truth box-diagonal ratios flagged as failures
 BOOTSTRAP = dict(resamples=10000, seed=0, confidence=0.95)
-LIFTING = ("sds", "multiview", "magic3d")  # lifting methods, all run by python -m pvd.sds --method M
+LIFTING = METHODS  # lifting methods, all run by python -m pvd.sds --method M
 METHOD_ORDER = ("pvd", "ablation", "sds", "multiview", "magic3d", "regressor", "regressor-alone", "retrieval", "retrieval-alone", "oracle",
                 "truth-resample")
 METHOD_TITLES = {"pvd": "PVD", "ablation": "PVD ablation", "sds": "SDS lifting", "multiview": "multi-view reconstruction",
