@@ -177,9 +177,16 @@ def test_a_validation_run_is_not_logged_as_a_test_run(models, tmp_path):
     assert (log.read_text() if log.is_file() else "") == before
 
 
-def test_other_settings_in_the_same_folder_are_refused(models, first):
+def test_other_settings_in_the_same_folder_are_refused(models, first, monkeypatch):
     with pytest.raises(UserError, match="differ in: seed"):
         bench.main(args(models, first, "--seed", "1"))
+    # a changed default of Magic3D's fine stage, with the same command line
+    import functools
+
+    from pvd.sds.magic3d import RefineConfig
+    monkeypatch.setattr(run, "RefineConfig", functools.partial(RefineConfig, edit_steps=3))
+    with pytest.raises(UserError, match=r"differ in: refine_config\)"):
+        bench.main(args(models, first))
 
 
 BAD_INPUT = [

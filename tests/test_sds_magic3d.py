@@ -134,3 +134,26 @@ def test_the_oracle_fine_stage_fits_the_truths_views_at_the_size_asked():
     assert evaluations == 0 and set(asked) == {16} and len(asked) == 30
     assert history[-1]["cd"] < 0.9 * history[0]["cd"], history
 
+
+
+@pytest.mark.slow
+def test_the_fine_stage_fits_the_priors_edits_of_its_own_renders():
+    # mode "sdedit": under the oracle prior an edit of any render is the truth's view, so fitting
+    # the edits' silhouettes flattens the bumps as the oracle's do (without them the input view
+    # alone leaves CD worse than the start: the test above); prior calls are rounds x views x steps
+    truth, ref, image, gt, bumpy = bumpy_box()
+    cfg = small_config(sds_weight=1.0, guidance=1.0, seed=0, ref_size=32)
+    rcfg = M.RefineConfig(iterations=40, lr=0.005, laplacian_weight=1.0, mode="sdedit", edit_views=4, edit_rounds=2,
+                          edit_steps=2)
+    refined, history, _, evaluations = M.refine(OraclePrior(truth, ref, 32), image, ref, bumpy,
+                                                np.full((len(bumpy.vertices), 3), 0.5), cfg, rcfg, ground_truth=gt)
+    assert evaluations == 2 * 4 * 2
+    assert history[-1]["cd"] < 0.9 * history[0]["cd"], history
+    # "both" adds SDS's call per iteration to the edits' calls
+    both = M.RefineConfig(iterations=6, mode="both", edit_views=4, edit_rounds=2, edit_steps=2)
+    assert M.refine(OraclePrior(truth, ref, 32), image, ref, bumpy, np.full((len(bumpy.vertices), 3), 0.5), cfg,
+                    both)[3] == 6 + 2 * 4 * 2
+    with pytest.raises(ValueError, match="mode"):
+        M.RefineConfig(mode="dreamfusion")
+    with pytest.raises(ValueError, match="edit_strength"):
+        M.RefineConfig(edit_strength=1.0)

@@ -22,7 +22,7 @@ from pvd.runtime import pick_device
 from pvd.sds import train_prior
 from pvd.sds.prior import (PriorConfig, PriorTrainConfig, ViewCondition, ViewUNet, absolute_cameras, camera_pair,
                            from_prior_image, load_prior, predict_eps, relative_camera, to_prior_image)
-from pvd.sds.view_prior import TrainedViewPrior, ViewPrior, noise_process, sample_views
+from pvd.sds.view_prior import TrainedViewPrior, ViewPrior, edit_views, noise_process, sample_views
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny steps: a second thread on busy cores only waits
@@ -276,6 +276,38 @@ def test_sample_views_on_a_stub_prior_follows_the_analytic_model():
     out = sample_views(PointMassPrior(), views(3, 8, 0), torch.zeros(3, 6), steps=5, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(out, target.expand(3, -1, -1, -1), atol=1e-4, rtol=0)
 
+
+
+def test_edit_views_noises_to_the_strength_asked_and_denoises_with_the_prior():
+    # A stub prior for data x0 ~ N(0, s^2) per pixel, with its exact eps: then every DDIM step is
+    # linear in x and maps 0 to 0, so an edit returns c * x_u (some c > 0), x_u = sqrt(a) v +
+    # sqrt(1 - a) e the view v noised to the strength's timestep u. Whatever c is, the edits'
+    # mean over their spread is sqrt(a / (1 - a)) v: that pins the noise level (a at u), to the
+    # standard error of a mean over N pixels, 1/sqrt(N) (4 of them allowed).
+    process = make_diffusion(PriorTrainConfig().diffusion)
+    spread = 0.1
+
+    class GaussianPrior:
+        image_size, alphas_cumprod, calls = 8, process.alphas_cumprod, 0
+
+        def predict_noise(self, x_t, t, input_view, cameras, guidance):
+            self.calls += 1
+            ab = self.alphas_cumprod[t].float().view(-1, 1, 1, 1)
+            return (1 - ab).sqrt() * x_t / (ab * spread**2 + 1 - ab)
+
+    prior, v = GaussianPrior(), torch.full((256, 4, 8, 8), 0.3)
+    for strength in (0.2, 0.5):
+        prior.calls = 0
+        out = edit_views(prior, v, v, torch.zeros(len(v), 6), strength=strength, steps=10, guidance=1.0,
+                         generator=torch.Generator().manual_seed(0))
+        a = float(process.alphas_cumprod[round(strength * (process.num_steps - 1))])
+        assert prior.calls == 10 and out.abs().max() < 1  # nothing clamped
+        ratio, expected = float(out.mean() / out.std()), (a / (1 - a)) ** 0.5 * 0.3
+        assert abs(ratio - expected) < 4 * (1 + expected**2 / 2) ** 0.5 / out.numel() ** 0.5, (strength, ratio, expected)
+    with pytest.raises(ValueError, match="strength"):
+        edit_views(prior, v[:1], v[:1], torch.zeros(1, 6), strength=1.0, steps=2, generator=torch.Generator())
+    with pytest.raises(ValueError, match="shaped"):
+        edit_views(prior, v[:1, :, :4], v[:1], torch.zeros(1, 6), strength=0.5, steps=2, generator=torch.Generator())
 
 # ---- training data and runs -----------------------------------------------------------------
 

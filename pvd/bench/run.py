@@ -30,11 +30,12 @@ from pvd.bench.report import conventions_record, csv_text, markdown
 from pvd.bench.scoring import Surface, mesh_surface, reduce_points, score_method, stored_surface
 from pvd.bench.semantic import default_embedder, semantic_quality
 from pvd.bench.training import training_log
-from pvd.config import to_dict
+from pvd.config import apply_overrides, to_dict
 from pvd.errors import UserError
 from pvd.regressor import load_regressor
 from pvd.metrics.bootstrap import bootstrap_mean_ci
 from pvd.runtime import pick_device
+from pvd.sds.magic3d import RefineConfig
 from pvd.sds.methods import magic3d_reuses_sds, method_config
 
 
@@ -224,6 +225,8 @@ def run_benchmark(args: argparse.Namespace, argv: list[str]) -> int:
                 # the effective lifting configs, so a folder made under other method defaults is refused
                 "lifting_configs": {m: to_dict(method_config(m, args.sds_set)) for m in args.lifting} if args.sds else None,
                 "lifting": list(args.lifting), "multiview_args": args.multiview_args, "refine_set": args.refine_set,
+                "refine_config": (to_dict(apply_overrides(RefineConfig(), args.refine_set))
+                                  if args.sds and "magic3d" in args.lifting else None),
                 "split": args.split,
                 "view": view, "points": k, "seed": args.seed, "batch": args.batch, "sampler": dataclasses.asdict(spec),
                 "retrieval_metric": args.retrieval_metric, "pfid": str(Path(pfid_path).resolve()) if pfid_path else None,

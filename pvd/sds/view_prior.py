@@ -94,10 +94,40 @@ def sample_views(prior: ViewPrior, input_view: Tensor, cameras: Tensor, *, steps
     """Views (B, 4, S, S) in [-1, 1] of ``input_view`` (B, 4, S, S) seen from the wanted camera of
     ``cameras`` (B, 6), by guided DDIM on ``steps`` timesteps (Song et al. 2021); ``x_T``: the
     starting noise (B, 4, S, S), drawn from ``generator`` when None."""
+    _check_views(prior, input_view, cameras)
+    return _ddim(prior, input_view, cameras, steps, guidance, generator, eta, x_T, None)
+
+
+@torch.no_grad()
+def edit_views(prior: ViewPrior, views: Tensor, input_view: Tensor, cameras: Tensor, *, strength: float,
+               steps: int, guidance: float = 3.0, generator: torch.Generator) -> Tensor:
+    """SDEdit (Meng et al. 2022): ``views`` (B, 4, S, S) in [-1, 1], rendered from the wanted
+    cameras of ``cameras`` (B, 6), noised to t = strength (T - 1) and denoised by guided DDIM in
+    ``steps`` calls, conditioned on ``input_view`` (B, 4, S, S). Returns (B, 4, S, S) in [-1, 1]:
+    the prior's nearest plausible view, which keeps the layout of ``views`` above the noise level
+    and redraws the detail below it. The noise comes from ``generator`` on the views' device."""
+    _check_views(prior, input_view, cameras)
+    if views.shape != input_view.shape:
+        raise ValueError(f"edit_views takes views shaped like the input views, got {tuple(views.shape)}")
+    if not 0 < strength < 1:
+        raise ValueError(f"edit_views needs a strength in (0, 1), got {strength}")
+    process = noise_process(prior)
+    t_start = round(strength * (process.num_steps - 1))
+    noise = torch.randn(views.shape, generator=generator, dtype=views.dtype, device=views.device)
+    x_t = process.q_sample(views, torch.full((len(views),), t_start, device=views.device), noise)
+    return _ddim(prior, input_view, cameras, steps, guidance, generator, 0.0, x_t, t_start)
+
+
+def _check_views(prior: ViewPrior, input_view: Tensor, cameras: Tensor) -> None:
     s = prior.image_size
     if input_view.ndim != 4 or input_view.shape[1:] != (4, s, s) or cameras.shape != (input_view.shape[0], 6):
         raise ValueError(f"sample_views takes input views (B, 4, {s}, {s}) and cameras (B, 6); got "
                          f"{tuple(input_view.shape)} and {tuple(cameras.shape)}")
+
+
+def _ddim(prior: ViewPrior, input_view: Tensor, cameras: Tensor, steps: int, guidance: float,
+          generator: torch.Generator, eta: float, x_T: Tensor | None, t_start: int | None) -> Tensor:
+    """Guided DDIM of the prior from x_T at t_start (None: from noise at T - 1), clamped to [-1, 1]."""
     process = noise_process(prior)
 
     def eps_model(x: Tensor, t: Tensor, cond: ViewCondition) -> Tensor:
@@ -105,5 +135,5 @@ def sample_views(prior: ViewPrior, input_view: Tensor, cameras: Tensor, *, steps
 
     cond = ViewCondition(input_view, cameras.to(input_view.device))
     x = ddim_sample(process, eps_model, tuple(input_view.shape), cond, generator=generator, steps=steps, eta=eta,
-                    x_T=x_T, dtype=input_view.dtype, device=input_view.device)
+                    x_T=x_T, t_start=t_start, dtype=input_view.dtype, device=input_view.device)
     return x.clamp(-1, 1)
