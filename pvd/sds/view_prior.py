@@ -121,7 +121,7 @@ def edit_views(prior: ViewPrior, views: Tensor, input_view: Tensor, cameras: Ten
 def _check_views(prior: ViewPrior, input_view: Tensor, cameras: Tensor) -> None:
     s = prior.image_size
     if input_view.ndim != 4 or input_view.shape[1:] != (4, s, s) or cameras.shape != (input_view.shape[0], 6):
-        raise ValueError(f"sample_views takes input views (B, 4, {s}, {s}) and cameras (B, 6); got "
+        raise ValueError(f"the prior's views need input views (B, 4, {s}, {s}) and cameras (B, 6); got "
                          f"{tuple(input_view.shape)} and {tuple(cameras.shape)}")
 
 
