@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import math
 import re
@@ -24,6 +25,7 @@ from pvd.bench import run, training
 from pvd.errors import UserError
 from pvd.pfid import ClassifierConfig, save_classifier, train_classifier
 from pvd.sds import train_prior
+from pvd.sds.magic3d import RefineConfig
 from pvd.semantic.evaluator import EvaluatorConfig, save_evaluator, train_evaluator
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -181,9 +183,6 @@ def test_other_settings_in_the_same_folder_are_refused(models, first, monkeypatc
     with pytest.raises(UserError, match="differ in: seed"):
         bench.main(args(models, first, "--seed", "1"))
     # a changed default of Magic3D's fine stage, with the same command line
-    import functools
-
-    from pvd.sds.magic3d import RefineConfig
     monkeypatch.setattr(run, "RefineConfig", functools.partial(RefineConfig, edit_steps=3))
     with pytest.raises(UserError, match=r"differ in: refine_config\)"):
         bench.main(args(models, first))

@@ -95,7 +95,7 @@ def sample_views(prior: ViewPrior, input_view: Tensor, cameras: Tensor, *, steps
     ``cameras`` (B, 6), by guided DDIM on ``steps`` timesteps (Song et al. 2021); ``x_T``: the
     starting noise (B, 4, S, S), drawn from ``generator`` when None."""
     _check_views(prior, input_view, cameras)
-    return _ddim(prior, input_view, cameras, steps, guidance, generator, eta, x_T, None)
+    return _ddim(prior, noise_process(prior), input_view, cameras, steps, guidance, generator, eta, x_T, None)
 
 
 @torch.no_grad()
@@ -115,7 +115,7 @@ def edit_views(prior: ViewPrior, views: Tensor, input_view: Tensor, cameras: Ten
     t_start = round(strength * (process.num_steps - 1))
     noise = torch.randn(views.shape, generator=generator, dtype=views.dtype, device=views.device)
     x_t = process.q_sample(views, torch.full((len(views),), t_start, device=views.device), noise)
-    return _ddim(prior, input_view, cameras, steps, guidance, generator, 0.0, x_t, t_start)
+    return _ddim(prior, process, input_view, cameras, steps, guidance, generator, 0.0, x_t, t_start)
 
 
 def _check_views(prior: ViewPrior, input_view: Tensor, cameras: Tensor) -> None:
@@ -125,10 +125,10 @@ def _check_views(prior: ViewPrior, input_view: Tensor, cameras: Tensor) -> None:
                          f"{tuple(input_view.shape)} and {tuple(cameras.shape)}")
 
 
-def _ddim(prior: ViewPrior, input_view: Tensor, cameras: Tensor, steps: int, guidance: float,
+def _ddim(prior: ViewPrior, process: GaussianDiffusion, input_view: Tensor, cameras: Tensor, steps: int, guidance: float,
           generator: torch.Generator, eta: float, x_T: Tensor | None, t_start: int | None) -> Tensor:
-    """Guided DDIM of the prior from x_T at t_start (None: from noise at T - 1), clamped to [-1, 1]."""
-    process = noise_process(prior)
+    """Guided DDIM of the prior (its noise ``process``) from x_T at t_start (None: from noise at
+    T - 1), clamped to [-1, 1]."""
 
     def eps_model(x: Tensor, t: Tensor, cond: ViewCondition) -> Tensor:
         return prior.predict_noise(x, t.round().long(), cond.input_view, cond.camera, guidance)
